@@ -5,6 +5,7 @@ import subprocess
 import sys
 import sysconfig
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,15 @@ def _build(package: str, out: Path, *kinds: str) -> list[Path]:
 @pytest.mark.parametrize("package", PACKAGES)
 def test_package_builds_wheel_and_sdist(package, tmp_path):
     built = _build(package, tmp_path, "wheel", "sdist")
-    assert [p.suffix for p in built] == [".gz", ".whl"], built
+    wheel, sdist = [p for p in built if p.suffix == ".whl"], [p for p in built if p.name.endswith(".tar.gz")]
+    assert len(wheel) == len(sdist) == 1, built
+    import_name = wheel[0].name.split("-")[0]
+    with zipfile.ZipFile(wheel[0]) as zf:
+        names = zf.namelist()
+    assert f"{import_name}/__init__.py" in names, names
+    assert not any("/tests/" in n or n.startswith("tests/") for n in names), (
+        "tests must not ship in the wheel"
+    )
 
 
 def _readme_example(package: str) -> str:
