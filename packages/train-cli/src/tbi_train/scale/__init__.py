@@ -1,0 +1,1 @@
+"""Scale-out: memory planning (and, later, launchers and engine configs)."""
