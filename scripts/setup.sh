@@ -11,12 +11,16 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
 
-# Debian packages: a Hangul font for the synthetic data (Pillow's default font draws boxes).
-if [ ! -f /usr/share/fonts/truetype/nanum/NanumGothic.ttf ]; then
-    echo "setup: installing Debian package fonts-nanum"
+# Debian packages: a Hangul font for the synthetic data (Pillow's default font draws boxes), and Java for
+# the METEOR 1.5 and PTB-tokenizer jars that pycocoevalcap ships (the `coco` METEOR variant).
+debs=()
+[ -f /usr/share/fonts/truetype/nanum/NanumGothic.ttf ] || debs+=(fonts-nanum)
+command -v java >/dev/null 2>&1 || debs+=(default-jre-headless)
+if [ ${#debs[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages ${debs[*]}"
     sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq fonts-nanum >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
