@@ -244,4 +244,4 @@ def test_coco_captions_and_unknown(tmp_path):
         load_benchmark("nope", p)
     with pytest.raises(EvalbenchError, match="no such file"):
         load_benchmark("docvqa", tmp_path / "missing.json")
-    assert len(BENCHMARKS) == 15
+    assert len(BENCHMARKS) == 18  # 15 image benchmarks + Video-MME, MVBench, MLVU

@@ -11,7 +11,9 @@ from tbi_evalbench.anls import anls, anls_score
 from tbi_evalbench.bleu import bleu
 from tbi_evalbench.choice import build_mc_prompt, circular_accuracy, extract_choice, mc_accuracy
 from tbi_evalbench.cider import cider
+from tbi_evalbench.efficiency import efficiency_table, pareto_frontier, plot_token_frontier
 from tbi_evalbench.exact import exact_match, token_f1
+from tbi_evalbench.gallery import ErrorGallery, SampleResult, error_gallery, write_error_gallery
 from tbi_evalbench.loaders import BENCHMARKS, Sample, load_benchmark
 from tbi_evalbench.mathvista import mathvista_score
 from tbi_evalbench.meteor import meteor
@@ -48,8 +50,10 @@ __all__ = [
     "BENCHMARKS",
     "DEFAULT_GROUPS",
     "METRIC_NAMES",
+    "ErrorGallery",
     "EvalbenchError",
     "Sample",
+    "SampleResult",
     "ScoreResult",
     "Tokenizer",
     "aggregate_scores",
@@ -63,6 +67,8 @@ __all__ = [
     "cider",
     "circular_accuracy",
     "clustered_se",
+    "efficiency_table",
+    "error_gallery",
     "exact_match",
     "extract_choice",
     "holm",
@@ -75,8 +81,10 @@ __all__ = [
     "ocrbench",
     "paired_bootstrap",
     "paired_ttest",
+    "pareto_frontier",
     "plot_ablation_heatmap",
     "plot_radar",
+    "plot_token_frontier",
     "plot_training_curves",
     "relaxed_accuracy",
     "relaxed_correctness",
@@ -86,4 +94,5 @@ __all__ = [
     "token_f1",
     "vqa_accuracy",
     "vqa_score",
+    "write_error_gallery",
 ]

@@ -19,8 +19,47 @@ Every loader yields :class:`Sample` records with the benchmark's metric:
 | ``charxiv`` | ``reasoning_val.json`` (``{idx: {figure_id, reasoning_q, reasoning_a, ...}}``) | exact_match | CharXiv's own grading uses an LLM judge; here rule-based |
 | ``kdtcbench`` | K-DTCBench as JSONL, TSV or Parquet (``index, question, choice_a..choice_d, answer, category, image``) | mc_accuracy | question carries the Korean MC prompt |
 | ``coco_captions`` | COCO-style ``captions_*.json`` (``images``, ``annotations``) | cider | one sample per image, answers = its captions |
+| ``videomme`` | ``videomme/test-00000-of-00001.parquet`` (or JSON/JSONL rows, or the official nested JSON) | mc_accuracy | ``videoID``, ``options`` ``["A. ..", ..]``, letter ``answer``; video ``<video_dir>/<videoID>.mp4`` |
+| ``mvbench`` | ``json/`` folder or one task file (``action_sequence.json``, ...) | mc_accuracy | ``video``, ``candidates``, ``answer`` = option text; task -> video folder table below |
+| ``mlvu`` | ``json/`` folder or one task file (``1_plotQA.json``, ...) | mc_accuracy | ``video``, ``candidates``, ``answer`` = option text; video ``<task file stem>/<video>`` |
 
 ``image`` is a path (``image_root`` joined) or the decoded bytes for formats that embed images.
+
+Video benchmarks put the video in ``frames`` (one entry: a video file, or a folder of frames when
+``meta["data_type"] == "frame"``) and ``image_root`` is the video root (``Video-MME/``, ``MVBench/video``,
+``MLVU/video``). A video name from a benchmark file must stay inside that root: an absolute path or a ``..``
+component is refused (symlinks inside the root are followed, so a root may link to another disk). The gold answer
+is always a letter: MVBench and MLVU give the option text, which is mapped to its letter (MVBench's script keeps
+the *last* equal candidate, MLVU's ``candidates.index`` the *first*; each loader follows its own). Questions are
+scored with :func:`tbi_evalbench.mc_accuracy` (rule-based letter extraction, so ``"(B) text"`` answers count).
+MLVU's generation tasks (``8_sub_scene``, ``9_summary``) have no options and are graded by an LLM judge; loading a
+folder skips them, naming one is an error.
+
+MVBench task -> video folder (under ``MVBench/video``), as the MVBench evaluation notebook reads them
+(``bound``: the record's ``start``/``end`` seconds are kept in ``meta``):
+
+| task file | task | folder | kind | bound |
+|---|---|---|---|---|
+| ``action_sequence.json`` | Action Sequence | ``star/Charades_v1_480`` | video | yes |
+| ``action_prediction.json`` | Action Prediction | ``star/Charades_v1_480`` | video | yes |
+| ``action_antonym.json`` | Action Antonym | ``ssv2_video`` | video |  |
+| ``fine_grained_action.json`` | Fine-grained Action | ``Moments_in_Time_Raw/videos`` | video |  |
+| ``unexpected_action.json`` | Unexpected Action | ``FunQA_test/test`` | video |  |
+| ``object_existence.json`` | Object Existence | ``clevrer/video_validation`` | video |  |
+| ``object_interaction.json`` | Object Interaction | ``star/Charades_v1_480`` | video | yes |
+| ``object_shuffle.json`` | Object Shuffle | ``perception/videos`` | video |  |
+| ``moving_direction.json`` | Moving Direction | ``clevrer/video_validation`` | video |  |
+| ``action_localization.json`` | Action Localization | ``sta/sta_video`` | video | yes |
+| ``scene_transition.json`` | Scene Transition | ``scene_qa/video`` | video |  |
+| ``action_count.json`` | Action Count | ``perception/videos`` | video |  |
+| ``moving_count.json`` | Moving Count | ``clevrer/video_validation`` | video |  |
+| ``moving_attribute.json`` | Moving Attribute | ``clevrer/video_validation`` | video |  |
+| ``state_change.json`` | State Change | ``perception/videos`` | video |  |
+| ``fine_grained_pose.json`` | Fine-grained Pose | ``nturgbd`` | video |  |
+| ``character_order.json`` | Character Order | ``perception/videos`` | video |  |
+| ``egocentric_navigation.json`` | Egocentric Navigation | ``vlnqa`` | video |  |
+| ``episodic_reasoning.json`` | Episodic Reasoning | ``tvqa/frames_fps3_hq`` | frame | yes |
+| ``counterfactual_inference.json`` | Counterfactual Inference | ``clevrer/video_validation`` | video |  |
 """
 
 from __future__ import annotations
@@ -33,7 +72,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from tbi_evalbench._errors import EvalbenchError
@@ -349,11 +388,189 @@ def _coco_captions(path: Path, image_root: Path | None, language: str = "en", **
         )  # fmt: skip
 
 
+# file stem -> (task, folder under MVBench/video, "video" file or "frame" folder, has start/end bound);
+# the table of the MVBench evaluation notebook (OpenGVLab Ask-Anything, video_chat2/mvbench.ipynb).
+MVBENCH_TASKS: dict[str, tuple[str, str, str, bool]] = {
+    "action_sequence": ("Action Sequence", "star/Charades_v1_480", "video", True),
+    "action_prediction": ("Action Prediction", "star/Charades_v1_480", "video", True),
+    "action_antonym": ("Action Antonym", "ssv2_video", "video", False),
+    "fine_grained_action": ("Fine-grained Action", "Moments_in_Time_Raw/videos", "video", False),
+    "unexpected_action": ("Unexpected Action", "FunQA_test/test", "video", False),
+    "object_existence": ("Object Existence", "clevrer/video_validation", "video", False),
+    "object_interaction": ("Object Interaction", "star/Charades_v1_480", "video", True),
+    "object_shuffle": ("Object Shuffle", "perception/videos", "video", False),
+    "moving_direction": ("Moving Direction", "clevrer/video_validation", "video", False),
+    "action_localization": ("Action Localization", "sta/sta_video", "video", True),
+    "scene_transition": ("Scene Transition", "scene_qa/video", "video", False),
+    "action_count": ("Action Count", "perception/videos", "video", False),
+    "moving_count": ("Moving Count", "clevrer/video_validation", "video", False),
+    "moving_attribute": ("Moving Attribute", "clevrer/video_validation", "video", False),
+    "state_change": ("State Change", "perception/videos", "video", False),
+    "fine_grained_pose": ("Fine-grained Pose", "nturgbd", "video", False),
+    "character_order": ("Character Order", "perception/videos", "video", False),
+    "egocentric_navigation": ("Egocentric Navigation", "vlnqa", "video", False),
+    "episodic_reasoning": ("Episodic Reasoning", "tvqa/frames_fps3_hq", "frame", True),
+    "counterfactual_inference": ("Counterfactual Inference", "clevrer/video_validation", "video", False),
+}
+
+# MLVU's open-ended tasks: no candidates, graded by an LLM judge in the official evaluation.
+_MLVU_GENERATION = ("8_sub_scene", "9_summary")
+
+
+def _is_mlvu_choice_task(stem: str) -> bool:
+    """MLVU task files are numbered (``1_plotQA``); the generation tasks are left out of a folder load."""
+    return re.match(r"\d+_", stem) is not None and stem not in _MLVU_GENERATION
+
+
+def _contained(root: Path | None, folder: str, rel: Any, where: str) -> str:
+    """``root/folder/rel`` (``folder/rel`` without a root); refuses a ``rel`` that would leave the root.
+
+    ``rel`` is checked on its own, before joining: ``os.path.join(folder, "/abs")`` (what the official scripts
+    do) would discard ``folder`` and read outside the data root.
+    """
+    if not isinstance(rel, str) or not rel.strip():
+        raise EvalbenchError(f"{where}: video name must be a non-empty string, got {rel!r}")
+    posix = PurePosixPath(rel.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(rel).is_absolute() or ".." in posix.parts:
+        raise EvalbenchError(
+            f"{where}: video path {rel!r} leaves the data root (absolute or '..'); benchmark files must name "
+            "videos relative to their folder: fix the file, or pass the folder that holds them as image_root"
+        )
+    joined = PurePosixPath(folder) / posix
+    return str(root / joined) if root is not None else str(joined)
+
+
+def _json_files(path: Path, known: Callable[[str], bool], kind: str) -> list[Path]:
+    """One task file, or every known task file of a ``json/`` folder (sorted, so ids are stable)."""
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.json") if known(p.stem))
+        if not files:
+            raise EvalbenchError(
+                f"{path}: no {kind} task files (*.json) in this folder; pass the benchmark's json/ folder"
+            )
+        return files
+    if not path.is_file():
+        raise EvalbenchError(f"{path}: no such file or folder")
+    return [path]
+
+
+def _records(path: Path) -> list[dict]:
+    data = _load_json(path)
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise EvalbenchError(f"{path}: expected a JSON list of question objects")
+    return data
+
+
+def _candidates(record: dict, where: str, last: bool) -> tuple[dict[str, str], str]:
+    """``candidates`` as ``{"A": text, ...}`` and the gold letter of the option text ``answer``."""
+    cands = _need(record, "candidates", where)
+    if not isinstance(cands, list) or not 2 <= len(cands) <= 8:
+        raise EvalbenchError(f"{where}: 'candidates' must be a list of 2 to 8 options, got {cands!r}")
+    choices = {chr(ord("A") + i): str(c) for i, c in enumerate(cands)}
+    answer = str(_need(record, "answer", where))
+    hits = [k for k, v in choices.items() if v == answer]
+    if not hits:
+        raise EvalbenchError(f"{where}: answer {answer!r} is not one of the candidates {cands}")
+    return choices, hits[-1] if last else hits[0]
+
+
+def _videomme_rows(path: Path) -> list[dict]:
+    if path.suffix != ".json":
+        return _read_table(path)
+    data = _load_json(path)
+    if not isinstance(data, list):
+        raise EvalbenchError(f"{path}: expected a JSON list (rows, or videos with 'questions')")
+    rows = []
+    for video in data:
+        if isinstance(video, dict) and isinstance(video.get("questions"), list):
+            # the official evaluation's nested form: video fields shared by the video's questions
+            shared = {k: v for k, v in video.items() if k != "questions"}
+            rows += [{**shared, **q} for q in video["questions"]]
+        else:
+            rows.append(video)
+    return rows
+
+
+def _videomme(path: Path, image_root: Path | None, video_dir: str = "data", video_ext: str = ".mp4", **_):
+    for line, r in enumerate(_videomme_rows(path), start=1):
+        where = f"{path} row {line}"
+        if not isinstance(r, dict):
+            raise EvalbenchError(f"{where}: expected a question object, got {type(r).__name__}")
+        options = _need(r, "options", where)
+        if isinstance(options, str) or not hasattr(options, "__iter__"):
+            raise EvalbenchError(
+                f"{where}: 'options' must be a list like ['A. ...', 'B. ...'], got {options!r}"
+            )
+        choices = {}
+        for opt in options:
+            m = re.match(r"\s*\(?([A-H])[.)．:]\s*(.*)", str(opt), flags=re.S)
+            if not m:
+                raise EvalbenchError(f"{where}: option {opt!r} does not start with its letter ('A. text')")
+            choices[m.group(1)] = m.group(2).strip()
+        answer = str(_need(r, "answer", where)).strip()
+        if answer not in choices:
+            raise EvalbenchError(f"{where}: answer {answer!r} is not one of the options {sorted(choices)}")
+        video_id = _need(r, "videoID", where)
+        if not isinstance(video_id, str) or not video_id.strip():
+            raise EvalbenchError(
+                f"{where}: 'videoID' must be a non-empty string (the YouTube id), got {video_id!r}"
+            )
+        video = _contained(image_root, video_dir, f"{video_id}{video_ext}", where)
+        yield Sample(
+            str(_need(r, "question_id", where)), build_mc_prompt(str(_need(r, "question", where)), choices), [answer],
+            "mc_accuracy", category=r.get("task_type"), frames=[video], choices=choices,
+            meta={"duration": r.get("duration"), "domain": r.get("domain"), "sub_category": r.get("sub_category"),
+                  "video_id": r.get("video_id"), "videoID": video_id, "data_type": "video",
+                  "subtitle": _contained(image_root, "subtitle", f"{video_id}.srt", where)},
+        )  # fmt: skip
+
+
+def _mvbench(path: Path, image_root: Path | None, **_):
+    for file in _json_files(path, lambda stem: stem in MVBENCH_TASKS, "MVBench"):
+        if file.stem not in MVBENCH_TASKS:
+            raise EvalbenchError(f"{file}: not an MVBench task file; known tasks: {', '.join(MVBENCH_TASKS)}")
+        task, folder, data_type, bound = MVBENCH_TASKS[file.stem]
+        for i, r in enumerate(_records(file)):
+            where = f"{file}[{i}]"
+            choices, answer = _candidates(r, where, last=True)
+            meta = {"task": task, "data_type": data_type}
+            if bound:
+                start, end = _need(r, "start", where), _need(r, "end", where)
+                try:
+                    meta.update(start=float(start), end=float(end))
+                except (TypeError, ValueError):
+                    raise EvalbenchError(f"{where}: 'start' and 'end' must be seconds (numbers)") from None
+            yield Sample(
+                f"{file.stem}-{i}", build_mc_prompt(str(_need(r, "question", where)), choices), [answer],
+                "mc_accuracy", category=task,
+                frames=[_contained(image_root, folder, _need(r, "video", where), where)], choices=choices,
+                meta=meta,
+            )  # fmt: skip
+
+
+def _mlvu(path: Path, image_root: Path | None, **_):
+    for file in _json_files(path, _is_mlvu_choice_task, "MLVU"):
+        if file.stem in _MLVU_GENERATION:
+            raise EvalbenchError(
+                f"{file}: MLVU {file.stem} is an open-ended generation task (no candidates, graded by an LLM "
+                "judge); load the multiple-choice tasks 1_plotQA .. 7_topic_reasoning"
+            )
+        for i, r in enumerate(_records(file)):
+            where = f"{file}[{i}]"
+            choices, answer = _candidates(r, where, last=False)
+            yield Sample(
+                f"{file.stem}-{i}", build_mc_prompt(str(_need(r, "question", where)), choices), [answer],
+                "mc_accuracy", category=r.get("question_type") or file.stem.split("_", 1)[-1],
+                frames=[_contained(image_root, file.stem, _need(r, "video", where), where)], choices=choices,
+                meta={"duration": r.get("duration"), "task": file.stem, "data_type": "video"},
+            )  # fmt: skip
+
+
 BENCHMARKS: dict[str, Callable[..., Iterator[Sample]]] = {
     "vqav2": _vqav2, "textvqa": _textvqa, "docvqa": _docvqa, "infovqa": _infovqa, "chartqa": _chartqa,
     "ocrbench": _ocrbench, "mmbench": _mmbench, "mmstar": _mmstar, "seedbench": _seedbench,
     "mathvista": _mathvista, "wtq": _wtq, "tabfact": _tabfact, "charxiv": _charxiv, "kdtcbench": _kdtcbench,
-    "coco_captions": _coco_captions,
+    "coco_captions": _coco_captions, "videomme": _videomme, "mvbench": _mvbench, "mlvu": _mlvu,
 }  # fmt: skip
 
 
@@ -364,9 +581,10 @@ def load_benchmark(
 
     Args:
         name: loader name, e.g. ``"docvqa"``.
-        path: the benchmark's published file.
-        image_root: directory the image names are relative to (not used by formats that embed images).
-        options: loader-specific (``annotations=`` for vqav2, ``language=`` for mmbench/coco_captions).
+        path: the benchmark's published file (MVBench, MLVU: one task file or the ``json/`` folder).
+        image_root: directory the image (or video) names are relative to (not used by formats that embed images).
+        options: loader-specific (``annotations=`` for vqav2, ``language=`` for mmbench/coco_captions,
+            ``video_dir=`` (default ``"data"``) and ``video_ext=`` (``".mp4"``) for videomme).
     """
     if name not in BENCHMARKS:
         raise EvalbenchError(f"unknown benchmark {name!r}; loaders: {', '.join(BENCHMARKS)}")
