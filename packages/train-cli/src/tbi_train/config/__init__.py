@@ -1,0 +1,61 @@
+"""Typed run configs: schema with seed-000 defaults, presets, `key=value` overrides, validation, stable hash."""
+
+from tbi_train.config.presets import get_preset, list_presets, model_root, seed000_phases
+from tbi_train.config.resolve import (
+    apply_overrides,
+    load_config,
+    parse_override,
+    resolve_config,
+    save_config,
+    validate_config,
+)
+from tbi_train.config.schema import (
+    COMPONENT_GROUPS,
+    CheckpointConfig,
+    ComponentLR,
+    DataConfig,
+    EvalConfig,
+    LMConfig,
+    LoraSpec,
+    ModelConfig,
+    OptimConfig,
+    PeftConfig,
+    PhaseConfig,
+    ProjectorSpec,
+    RunConfig,
+    TokenizerConfig,
+    VisionConfig,
+)
+from tbi_train.config.typed import ConfigError, config_hash, from_dict, to_dict
+
+__all__ = [
+    "COMPONENT_GROUPS",
+    "CheckpointConfig",
+    "ComponentLR",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "LMConfig",
+    "LoraSpec",
+    "ModelConfig",
+    "OptimConfig",
+    "PeftConfig",
+    "PhaseConfig",
+    "ProjectorSpec",
+    "RunConfig",
+    "TokenizerConfig",
+    "VisionConfig",
+    "apply_overrides",
+    "config_hash",
+    "from_dict",
+    "get_preset",
+    "list_presets",
+    "load_config",
+    "model_root",
+    "parse_override",
+    "resolve_config",
+    "save_config",
+    "seed000_phases",
+    "to_dict",
+    "validate_config",
+]
