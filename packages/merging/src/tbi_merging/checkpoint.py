@@ -1,0 +1,301 @@
+"""Hugging Face safetensors checkpoints, read and written one tensor at a time.
+
+Reading validates every shard's header before anything is merged (a missing shard, a truncated file or a
+tensor absent from the shard the index names fails early, naming the file). Writing streams: the header
+of each output shard is written first (all shapes are known from the plan), then each tensor's bytes
+as soon as it is merged, so no shard is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tbi_merging.errors import MergeError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+_CODES = {v: k for k, v in _DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives and what it is, from the shard header."""
+
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int = 0  # absolute byte offset of the data in ``file``
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * torch.empty(0, dtype=self.dtype).element_size()
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse and check a safetensors header: tensors in file order, and the ``__metadata__``."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise MergeError(
+                    f"{path} is truncated ({size} bytes): not a safetensors file; re-copy or re-save it"
+                )
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise MergeError(
+                    f"{path} is truncated: its header claims {n} bytes but the file has {size}; re-copy or re-save it"
+                )
+            raw = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise MergeError(
+            f"cannot read safetensors header of {path}: {exc}; re-copy or re-save the file"
+        ) from exc
+    meta = raw.pop("__metadata__", None) or {}
+    infos: list[tuple[int, str, TensorInfo]] = []
+    end = 0
+    for name, entry in raw.items():
+        if entry.get("dtype") not in _DTYPES:
+            raise MergeError(f"{path}: tensor {name!r} has unsupported dtype {entry.get('dtype')!r}")
+        start, stop = entry["data_offsets"]
+        infos.append(
+            (start, name, TensorInfo(path, _DTYPES[entry["dtype"]], tuple(entry["shape"]), 8 + n + start))
+        )
+        end = max(end, stop)
+    if 8 + n + end > size:
+        last = max(raw, key=lambda k: raw[k]["data_offsets"][1])
+        raise MergeError(
+            f"{path} is truncated: tensor {last!r} ends at byte {8 + n + end} but the file has {size} bytes; "
+            "re-copy or re-save the checkpoint"
+        )
+    return {name: info for _, name, info in sorted(infos, key=lambda t: t[0])}, meta
+
+
+def _read(info: TensorInfo, name: str, first: int, count: int, label: str) -> torch.Tensor:
+    """Elements [first, first + count) of a tensor, flat, read into fresh memory."""
+    size = torch.empty(0, dtype=info.dtype).element_size()
+    buf = torch.empty(count * size, dtype=torch.uint8)
+    try:
+        with info.file.open("rb") as f:
+            f.seek(info.offset + first * size)
+            got = f.readinto(memoryview(buf.numpy())) if count else 0
+    except OSError as exc:
+        raise MergeError(f"{label}: cannot read tensor {name!r} from {info.file}: {exc}") from exc
+    if got != buf.numel():
+        raise MergeError(
+            f"{label}: {info.file} ended inside tensor {name!r} (read {got} of {buf.numel()} "
+            "bytes); re-copy or re-save the checkpoint"
+        )
+    return buf.view(info.dtype)
+
+
+class LazyTensor:
+    """A tensor left on disk and read by flat ranges, for the merge core's chunked passes.
+
+    It supports what :func:`tbi_merging.merge_tensors` uses on its inputs (``shape``, ``dtype``,
+    ``is_floating_point``, ``detach``, ``reshape(-1)``, flat slicing and flat index tensors), so merging
+    a tensor holds only a chunk of each model in memory instead of whole tensors.
+    """
+
+    def __init__(self, info: TensorInfo, name: str, label: str) -> None:
+        self.info, self.name, self.label = info, name, label
+        self.shape = torch.Size(info.shape)
+        self.dtype = info.dtype
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    def detach(self) -> LazyTensor:
+        return self
+
+    def reshape(self, *shape) -> LazyTensor:
+        if shape not in ((-1,), ((-1,),)):
+            raise MergeError(f"internal: a LazyTensor only flattens, asked for {shape}")
+        return self
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.numel())
+            if step != 1:
+                raise MergeError("internal: a LazyTensor reads contiguous ranges only")
+            return _read(self.info, self.name, start, max(0, stop - start), self.label)
+        if isinstance(key, torch.Tensor) and key.dtype == torch.int64 and key.dim() == 1:
+            if key.numel() == 0:
+                return torch.empty(0, dtype=self.dtype)
+            lo, hi = int(key.min()), int(key.max()) + 1
+            return _read(self.info, self.name, lo, hi - lo, self.label)[key - lo]
+        raise MergeError(f"internal: unsupported LazyTensor index {type(key).__name__}")
+
+
+class Checkpoint:
+    """A Hugging Face checkpoint directory: ``model.safetensors`` or shards + ``model.safetensors.index.json``.
+
+    Args:
+        path: the directory.
+        label: how errors name it (``the base``, ``model 'ko'``).
+    """
+
+    def __init__(self, path: str | Path, label: str) -> None:
+        self.path = Path(path)
+        self.label = label
+        if not self.path.is_dir():
+            raise MergeError(
+                f"{label}: {self.path} is not a directory; give a Hugging Face checkpoint directory"
+            )
+        index = self.path / INDEX_NAME
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise MergeError(f"{label}: cannot read {index} ({exc}); it needs a 'weight_map'") from exc
+            self.shards = list(dict.fromkeys(weight_map.values()))
+            missing = [s for s in self.shards if not (self.path / s).is_file()]
+            if missing:
+                raise MergeError(
+                    f"{label}: shard {missing[0]} named in {index} is missing from {self.path}; "
+                    "copy the complete checkpoint"
+                )
+        elif (self.path / SINGLE_NAME).is_file():
+            weight_map = None
+            self.shards = [SINGLE_NAME]
+        else:
+            raise MergeError(
+                f"{label}: no {SINGLE_NAME} or {INDEX_NAME} in {self.path}; give a safetensors checkpoint "
+                "(re-save .bin checkpoints with save_pretrained(..., safe_serialization=True))"
+            )
+        self.sharded = weight_map is not None
+        self.infos: dict[str, TensorInfo] = {}
+        self.shard_tensors: dict[str, list[str]] = {}
+        for shard in self.shards:
+            infos, _ = read_header(self.path / shard)
+            self.shard_tensors[shard] = list(infos)
+            self.infos.update(infos)
+        if weight_map is not None:
+            for name, shard in weight_map.items():
+                if name not in self.shard_tensors[shard]:
+                    raise MergeError(
+                        f"{label}: tensor {name!r} is listed in {index} for {shard} but is not in that file; "
+                        "the index and shards come from different saves"
+                    )
+
+    def names(self) -> list[str]:
+        return list(self.infos)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.infos[name]
+
+    def get(self, name: str, base: torch.Tensor | None = None) -> torch.Tensor:
+        """Read one tensor into fresh memory (``base`` is ignored; adapters use it).
+
+        A plain positioned read, not ``safe_open``: safe_open's tensors are views of a memory map whose
+        touched pages count in the process's resident memory until the map is closed, which on three
+        160 MB shards is the difference between fitting the memory budget and not.
+        """
+        info = self.infos[name]
+        n = 1
+        for dim in info.shape:
+            n *= dim
+        return _read(info, name, 0, n, self.label).reshape(info.shape)
+
+    def lazy(self, name: str) -> LazyTensor:
+        """The tensor left on disk, read range by range by the merge core."""
+        return LazyTensor(self.infos[name], name, self.label)
+
+    def close(self) -> None:
+        """Nothing is kept open between tensors."""
+
+
+class ShardWriter:
+    """Streams one safetensors file: header from the planned (name, dtype, shape) list, then the tensors
+    in that order with :meth:`write`."""
+
+    def __init__(self, path: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata=None):
+        self.path = path
+        self._order = [name for name, _, _ in entries]
+        self._expected = {name: (dtype, tuple(shape)) for name, dtype, shape in entries}
+        header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
+        offset = 0
+        for name, dtype, shape in entries:
+            n = TensorInfo(path, dtype, tuple(shape)).nbytes
+            header[name] = {
+                "dtype": _CODES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + n],
+            }
+            offset += n
+        self.total_size = offset
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # safetensors aligns the data section to 8 bytes
+        self._file = path.open("wb")
+        self._file.write(struct.pack("<Q", len(blob)))
+        self._file.write(blob)
+        self._next = 0
+
+    def begin(self, name: str) -> None:
+        """Start the next planned tensor; its bytes follow through :meth:`write_chunk`."""
+        if self._next >= len(self._order) or self._order[self._next] != name:
+            expected = self._order[self._next] if self._next < len(self._order) else None
+            raise MergeError(f"internal: {self.path.name} expected tensor {expected!r}, got {name!r}")
+        self._current = name
+        self._remaining = TensorInfo(self.path, *self._expected[name]).nbytes
+
+    def write_chunk(self, chunk: torch.Tensor) -> None:
+        """Append a flat piece of the current tensor (its planned dtype)."""
+        dtype = self._expected[self._current][0]
+        if chunk.dtype != dtype:
+            raise MergeError(f"internal: tensor {self._current!r} chunk is {chunk.dtype}, planned {dtype}")
+        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._remaining -= data.nbytes
+        self._file.write(data.data)
+
+    def end(self) -> None:
+        if self._remaining != 0:
+            raise MergeError(
+                f"internal: tensor {self._current!r} is {self._remaining} bytes short of its plan"
+            )
+        self._next += 1
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write a whole tensor (planned dtype and shape)."""
+        if tuple(tensor.shape) != self._expected.get(name, (None, None))[1]:
+            raise MergeError(
+                f"internal: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                f"planned {self._expected.get(name, (None, None))[1]}"
+            )
+        self.begin(name)
+        self.write_chunk(tensor)
+        self.end()
+
+    def abort(self) -> None:
+        self._file.close()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._next != len(self._order):
+            raise MergeError(f"internal: {self.path.name} got {self._next} of {len(self._order)} tensors")
