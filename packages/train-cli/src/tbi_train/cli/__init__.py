@@ -182,5 +182,19 @@ def data_check(
         raise typer.Exit(1)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def merge(ctx: typer.Context) -> None:
+    """Merge fine-tuned checkpoints or LoRA adapters (DARE, TIES, task arithmetic); `tbi merge --help` for options.
+
+    The options are tbi-merging's own (`python -m tbi_merging`), passed through unchanged, e.g.
+    `tbi merge --base B --model en=EN:0.6 --model ko=KO:0.4 --method dare_ties --dare 0.9 --out OUT`.
+    """
+    from tbi_merging.cli import main as merging_main
+
+    raise typer.Exit(merging_main(list(ctx.args), prog="tbi merge"))
+
+
 def main() -> None:
     app()
