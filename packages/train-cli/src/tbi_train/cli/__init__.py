@@ -46,6 +46,52 @@ def _fail(console: Console, exc: Exception) -> None:
     raise typer.Exit(1)
 
 
+def _is_experiment(name: str) -> bool:
+    """An experiment id of a suite (F4, foveated/A1), not a preset or a config file."""
+    from tbi_train.config import list_presets
+    from tbi_train.experiments import find_experiment
+
+    if Path(name).exists() or name in list_presets():
+        return False
+    try:
+        find_experiment(name)
+    except TrainError:
+        return False
+    return True
+
+
+def _run_one_experiment(console, exp_id, preset, seed, out, overrides) -> None:
+    from tbi_train.run import SuiteProgress, run_experiment
+
+    try:
+        with SuiteProgress(console) as view:
+            result = run_experiment(exp_id, preset, seed, out or Path("runs"), overrides, on_event=view)
+    except TrainError as exc:
+        _fail(console, exc)
+    console.print(f"result: {result}", highlight=False)
+
+
+def _key_values(pairs: list[str] | None, option: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value:
+            raise typer.BadParameter(f"{pair!r}: write NAME=PATH", param_hint=option)
+        out[name] = value
+    return out
+
+
+def _seed_list(seeds: str | None) -> list[int] | None:
+    if seeds is None:
+        return None
+    try:
+        return [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError as err:
+        raise typer.BadParameter(
+            f"{seeds!r}: write comma-separated integers, e.g. 42,123,456", param_hint="--seeds"
+        ) from err
+
+
 @app.command()
 def train(
     config: Annotated[
@@ -83,6 +129,9 @@ def train(
         config = None
     if trust_remote_code:
         extra.append("model.lm.trust_remote_code=true")
+    if config is not None and _is_experiment(config):
+        _run_one_experiment(console, config, preset, seed, out, extra)
+        return
     try:
         cfg = resolve_config(config, preset=preset, overrides=extra, seed=seed)
         run_dir = out or Path("runs") / f"{cfg.name}-seed{cfg.seed}"
@@ -194,6 +243,211 @@ def merge(ctx: typer.Context) -> None:
     from tbi_merging.cli import main as merging_main
 
     raise typer.Exit(merging_main(list(ctx.args), prog="tbi merge"))
+
+
+experiments_app = typer.Typer(no_args_is_help=True, help="The seeds' experiments as data.")
+app.add_typer(experiments_app, name="experiments")
+
+
+@experiments_app.command("list")
+def experiments_list(
+    suite: Annotated[
+        str | None, typer.Argument(help="tbi-mllm, internvit-next, cmba, foveated, ko-video-caption.")
+    ] = None,
+) -> None:
+    """Show the experiments of one suite (or all) as the seed's ablation table."""
+    from tbi_train.experiments import list_experiments
+
+    console = Console()
+    try:
+        console.print(list_experiments(suite))
+    except TrainError as exc:
+        _fail(console, exc)
+
+
+@experiments_app.command("show")
+def experiments_show(
+    experiment: Annotated[str, typer.Argument(help="An experiment id (F4) or SUITE/ID (foveated/A1).")],
+    preset: Annotated[str | None, typer.Option("--preset", help="Resolve against this preset.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for the phase keys.")] = None,
+) -> None:
+    """Print the fully resolved config of an experiment and which phases it shares with others."""
+    from tbi_train.experiments import show_experiment
+
+    console = Console()
+    try:
+        console.print(show_experiment(experiment, preset, seed), highlight=False)
+    except TrainError as exc:
+        _fail(console, exc)
+
+
+@app.command()
+def ablate(
+    suite: Annotated[str, typer.Argument(help="The suite to run, e.g. tbi-mllm.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides for every run.")] = None,
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", help="Comma-separated seeds (default: the suite's first).")
+    ] = None,
+    only: Annotated[
+        str | None, typer.Option("--only", help="Comma-separated experiment ids, e.g. B3,C2.")
+    ] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Model preset, e.g. tiny.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Runs folder; finished runs in it are skipped.")] = Path(
+        "runs"
+    ),
+    benchmark: Annotated[
+        list[str] | None,
+        typer.Option("--benchmark", help="NAME=PATH of an official benchmark file to evaluate on."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Only the first N samples of each benchmark.")
+    ] = None,
+) -> None:
+    """Run a suite in the seed's critical-path order, reusing shared phases, then write its report."""
+    from tbi_train.run import SuiteProgress
+    from tbi_train.run import ablate as run_ablation
+
+    console = Console()
+    benchmarks = _key_values(benchmark, "--benchmark")
+    only_ids = [x.strip() for x in only.split(",")] if only else None
+    try:
+        with SuiteProgress(console) as view:
+            statuses = run_ablation(suite, _seed_list(seeds), only_ids, preset, out, list(overrides or []),
+                                    on_event=view, benchmarks=benchmarks or None, limit=limit)  # fmt: skip
+    except TrainError as exc:
+        _fail(console, exc)
+    table = Table("run", "status")
+    for run, status in statuses.items():
+        table.add_row(run, status)
+    console.print(table)
+    console.print(f"report: {out / 'report' / 'report.html'}", highlight=False)
+
+
+@app.command()
+def plan(
+    target: Annotated[
+        str, typer.Argument(help="A suite (GPU-days and reuse) or, with --hardware, a model config.")
+    ],
+    hardware: Annotated[
+        str | None,
+        typer.Option("--hardware", help="GPUs to plan memory for, e.g. 2xA100-40GB or 2x8xH100-80GB."),
+    ] = None,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="LM sequence length (with --hardware).")] = 2048,
+    tiles: Annotated[int, typer.Option("--tiles", help="Image tiles per sample (with --hardware).")] = 13,
+    preset: Annotated[str | None, typer.Option("--preset", help="Preset for a suite plan.")] = None,
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", help="Comma-separated seeds for a suite plan.")
+    ] = None,
+) -> None:
+    """Before anything runs: a suite's runs, reused phases and GPU-days; or a model's memory per GPU."""
+    console = Console()
+    try:
+        if hardware is None:
+            from tbi_train.experiments import plan_suite
+
+            console.print(plan_suite(target, preset, _seed_list(seeds)))
+            return
+        from tbi_train.scale.memory import memory_table
+
+        console.print(memory_table(target, hardware, seq_len=seq_len, tiles=tiles))
+    except TrainError as exc:
+        _fail(console, exc)
+
+
+@app.command()
+def report(
+    runs_dir: Annotated[Path, typer.Argument(help="A runs folder written by tbi ablate / tbi train ID.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Report folder (default RUNS_DIR/report).")
+    ] = None,
+) -> None:
+    """Results table, significance tests, success criteria, plots and one HTML page for a runs folder."""
+    from tbi_train.report import write_report
+
+    console = Console()
+    try:
+        folder = write_report(runs_dir, out)
+    except TrainError as exc:
+        _fail(console, exc)
+    console.print(f"report: {folder / 'report.html'}", highlight=False)
+
+
+@app.command("eval")
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="A saved VLM folder, or a run folder.")],
+    benchmark: Annotated[
+        list[str], typer.Option("--benchmark", help="NAME=PATH of a benchmark file in its official format.")
+    ],
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for predictions and scores.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Only the first N samples of each benchmark.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Seed 000: 512.")] = 512,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    image_root: Annotated[
+        Path | None, typer.Option("--image-root", help="Folder image paths are relative to.")
+    ] = None,
+    compat: Annotated[
+        str, typer.Option("--compat", help="Scorer mode: official, lmms or vlmeval.")
+    ] = "official",
+) -> None:
+    """Answer benchmark files with a trained VLM (greedy) and score them through tbi-evalbench."""
+    from tbi_train.run import evaluate_benchmarks
+
+    console = Console()
+    benchmarks = _key_values(benchmark, "--benchmark")
+    try:
+        scores = evaluate_benchmarks(model, benchmarks, out or model / "eval", limit, max_new_tokens,
+                                     batch_size, image_root, compat)  # fmt: skip
+    except TrainError as exc:
+        _fail(console, exc)
+    console.print(f"scores: {scores}", highlight=False)
+
+
+@app.command()
+def profile(
+    target: Annotated[
+        str, typer.Argument(help="An experiment id (internvit-next/A2) or a saved VLM folder.")
+    ],
+    resolutions: Annotated[
+        str, typer.Option("--resolutions", help="Comma-separated image sides in pixels.")
+    ] = "448,896,1344,1792",
+    memory_budget: Annotated[
+        float | None, typer.Option("--memory-budget", help="GiB; find the largest side that fits.")
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="Compare with this target (default: the vanilla tower).")
+    ] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Model preset, e.g. tiny.")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed runs per point (median).")] = 3,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Also write the rows as CSV.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the whole profile as JSON.")
+    ] = None,
+) -> None:
+    """FLOPs, visual tokens, peak memory and latency per resolution; seed 001's efficiency criteria."""
+    import json
+
+    from tbi_train.eval.profile import profile_efficiency
+
+    console = Console()
+    try:
+        sides = tuple(int(x) for x in resolutions.split(",") if x.strip())
+    except ValueError as err:
+        raise typer.BadParameter(
+            f"{resolutions!r}: write sides like 448,896", param_hint="--resolutions"
+        ) from err
+    try:
+        result = profile_efficiency(target, sides, memory_budget_gb=memory_budget, baseline=baseline,
+                                    preset=preset, repeats=repeats)  # fmt: skip
+    except TrainError as exc:
+        _fail(console, exc)
+    console.print(result.table())
+    console.print(result.criteria_table())
+    if csv is not None:
+        result.write_csv(csv)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2))
 
 
 def main() -> None:

@@ -21,6 +21,22 @@ PLAIN_ASSISTANT = "### Assistant:\n"
 _CHAT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
 
+@dataclass(frozen=True)
+class PackedImage:
+    """One image at native resolution, as an image transform may return it (Qwen2.5-VL).
+
+    The Collator concatenates `pixel_values` of a batch's images (they differ in length) and stacks their
+    `grid_thw` into `image_grid_thw` [N_img, 3]; the image's `<image>` expands to `tokens` pad tokens.
+    """
+
+    pixel_values: torch.Tensor
+    """Packed patches [t * h * w, 3 * t_p * p * p] in the model's order."""
+    grid_thw: tuple[int, int, int]
+    """Grid (t, h, w) in patches."""
+    tokens: int
+    """LM tokens of this image: t * h * w / merge_size² (Qwen2.5-VL merges 2 x 2 patches)."""
+
+
 @dataclass
 class Encoded:
     """One tokenised sample: ids, labels (-100 = no loss), which positions are image tokens, tokens per media."""
@@ -54,6 +70,12 @@ class Collator:
     image_token_mask [B, L] (bool), sample_ids (list[str]), media_frames [N_media] (frames per
     placeholder, in order; they sum to N_img), media_sample [N_media] (batch row of each placeholder).
 
+    Model-specific inputs come from the image transform: a `prepare_sample(sample)` method, when it has
+    one, rewrites each sample first (InternVL tiles, Qwen2.5-VL vision markers); a transform with
+    `packed = True` returns `PackedImage`s, whose patches are concatenated (pixel_values [sum P_i, D_patch]),
+    whose grids form `image_grid_thw` [N_img, 3] and whose `tokens` replace `tokens_per_image`. A transform
+    with an `image_token` attribute supplies the image-pad token when `image_token` is left at its default.
+
     A sample that cannot be used here (longer than `max_length` through its image tokens, or left
     with no supervised token) is dropped from its batch and counted in `bad_report`; run
     `preflight_check` first so this never happens during training.
@@ -79,7 +101,15 @@ class Collator:
         self.tokens_per_image = tokens_per_image
         self.loss_on = loss_on
         self.max_length = max_length
+        own_token = getattr(image_transform, "image_token", None)
+        if own_token is not None and image_token not in (IMAGE_PAD_TOKEN, own_token):
+            raise DataError(
+                f"image_token={image_token!r} but the image transform's model marks images with {own_token!r}; "
+                f"set model.tokenizer.image_pad_token={own_token!r}."
+            )
+        image_token = own_token or image_token
         self.image_token = image_token
+        self.packed = bool(getattr(image_transform, "packed", False))
         self.image_token_id = _single_token_id(tokenizer, image_token)
         self.use_chat_template = (
             bool(getattr(tokenizer, "chat_template", None))
@@ -100,12 +130,62 @@ class Collator:
             return int(self.tokens_per_image(frames))
         return self.tokens_per_image * frames
 
+    def prepare(self, sample: Sample) -> Sample:
+        """The sample as the model takes it: the image transform's `prepare_sample`, if any (idempotent)."""
+        hook = getattr(self.image_transform, "prepare_sample", None)
+        return hook(sample) if hook is not None else sample
+
+    def transform_images(self, images: Sequence) -> list:
+        """Each image through the image transform (a replicated frame, one PIL object, only once)."""
+        done: dict[int, object] = {}
+        out = []
+        for img in images:
+            if id(img) not in done:
+                done[id(img)] = self.image_transform(img)
+            out.append(done[id(img)])
+        return out
+
+    def media_tokens(self, pixels: Sequence, media_frames: Sequence[int]) -> list[int] | None:
+        """Pad tokens per placeholder from packed images' own token counts; None for fixed-size images."""
+        if not self.packed:
+            return None
+        counts, start = [], 0
+        for n in media_frames:
+            counts.append(sum(p.tokens for p in pixels[start : start + n]))
+            start += n
+        return counts
+
+    def pixel_inputs(self, pixels: Sequence) -> dict[str, torch.Tensor]:
+        """pixel_values [N_img, 3, H, W] stacked, or (packed) [sum P_i, D_patch] concatenated + image_grid_thw [N_img, 3]."""
+        if self.packed:
+            if not pixels:
+                return {
+                    "pixel_values": torch.zeros((0, 0)),
+                    "image_grid_thw": torch.zeros((0, 3), dtype=torch.long),
+                }
+            return {
+                "pixel_values": torch.cat([p.pixel_values for p in pixels]),  # [sum P_i, D_patch]
+                "image_grid_thw": torch.tensor([p.grid_thw for p in pixels], dtype=torch.long),  # [N_img, 3]
+            }
+        if pixels:
+            return {"pixel_values": torch.stack(list(pixels))}  # [N_img, 3, H, W]
+        size = getattr(self.image_transform, "size", 0)
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return {"pixel_values": torch.zeros((0, 3, h, w))}
+
     def encode(
-        self, conversations: Sequence[dict[str, str]], media_frames: Sequence[int], sample_id: str = "?"
+        self,
+        conversations: Sequence[dict[str, str]],
+        media_frames: Sequence[int],
+        sample_id: str = "?",
+        media_tokens: Sequence[int] | None = None,
     ) -> Encoded:
-        """Tokenise one conversation with labels; raises DataError when it cannot be trained on."""
+        """Tokenise one conversation with labels; raises DataError when it cannot be trained on.
+
+        `media_tokens` (pad tokens per placeholder) overrides `tokens_for(frames)` (native-resolution images).
+        """
         segments = self._segments(list(conversations))
-        encoded = self._tokenise(segments, media_frames, sample_id)
+        encoded = self._tokenise(segments, media_frames, sample_id, media_tokens)
         if self.max_length is not None and len(encoded.input_ids) > self.max_length:
             if any(encoded.image_mask[self.max_length :]):
                 raise DataError(
@@ -118,7 +198,12 @@ class Collator:
             )
         return encoded
 
-    def encode_prompt(self, conversations: Sequence[dict[str, str]], media_frames: Sequence[int]) -> Encoded:
+    def encode_prompt(
+        self,
+        conversations: Sequence[dict[str, str]],
+        media_frames: Sequence[int],
+        media_tokens: Sequence[int] | None = None,
+    ) -> Encoded:
         """Token ids for generation: the conversation without its last reply, ending in the assistant prompt."""
         turns = list(conversations)
         if turns and turns[-1]["from"] == "gpt":
@@ -127,7 +212,7 @@ class Collator:
             text = self._render(turns, generation_prompt=True)
         else:
             text = "".join(s for s, _ in self._plain_segments(turns)) + PLAIN_ASSISTANT
-        encoded = self._tokenise([(text, False)], media_frames, "prompt")
+        encoded = self._tokenise([(text, False)], media_frames, "prompt", media_tokens)
         return Encoded(
             encoded.input_ids,
             [IGNORE_INDEX] * len(encoded.input_ids),
@@ -136,61 +221,54 @@ class Collator:
         )
 
     def __call__(self, samples: Sequence[Sample]) -> dict[str, object]:
-        rows: list[tuple[Sample, Encoded, list[int]]] = []
+        rows: list[tuple[Sample, Encoded, list[int], list]] = []
         for sample in samples:
             self.bad_report.total += 1
+            sample = self.prepare(sample)
             frames = list(sample.meta.get("media_frames", [1] * len(sample.images)))
             try:
                 if sum(frames) != len(sample.images):
                     raise DataError(
                         f"sample {sample.id}: {len(sample.images)} images for media_frames={frames}."
                     )
-                enc = self.encode(sample.conversations, frames, sample.id)
+                # Native-resolution images decide their own token counts, so they are transformed first.
+                pixels = self.transform_images(sample.images) if self.packed else None
+                media = self.media_tokens(pixels, frames) if self.packed else None
+                enc = self.encode(sample.conversations, frames, sample.id, media)
                 if enc.supervised == 0:
                     raise DataError(f"sample {sample.id}: no supervised tokens")
             except DataError as exc:
                 self.bad_report.add(sample.id, "collate", str(exc))
                 logger.warning("dropping sample from batch: %s", exc)
                 continue
-            rows.append((sample, enc, frames))
+            rows.append((sample, enc, frames, pixels))
         if not rows:
             raise DataError(
                 f"every sample of a batch was unusable:\n{self.bad_report.summary()}\nrun preflight_check first."
             )
-        length = max(len(enc.input_ids) for _, enc, _ in rows)
+        length = max(len(enc.input_ids) for _, enc, _, _ in rows)
         batch = len(rows)
         input_ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)  # [B, L]
         labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)  # [B, L]
         attention = torch.zeros((batch, length), dtype=torch.long)  # [B, L]
         image_mask = torch.zeros((batch, length), dtype=torch.bool)  # [B, L]
         pixels, media_frames, media_sample = [], [], []
-        for b, (sample, enc, frames) in enumerate(rows):
+        for b, (sample, enc, frames, done) in enumerate(rows):
             n = len(enc.input_ids)
             input_ids[b, :n] = torch.tensor(enc.input_ids)
             labels[b, :n] = torch.tensor(enc.labels)
             attention[b, :n] = 1
             image_mask[b, :n] = torch.tensor(enc.image_mask)
-            done: dict[int, torch.Tensor] = {}
-            for img in sample.images:
-                # Replicated frames are one PIL object: transform it once.
-                if id(img) not in done:
-                    done[id(img)] = self.image_transform(img)
-                pixels.append(done[id(img)])
+            pixels.extend(done if done is not None else self.transform_images(sample.images))
             media_frames.extend(frames)
             media_sample.extend([b] * len(frames))
-        if pixels:
-            pixel_values = torch.stack(pixels)  # [N_img, 3, H, W]
-        else:
-            size = getattr(self.image_transform, "size", 0)
-            h, w = (size, size) if isinstance(size, int) else tuple(size)
-            pixel_values = torch.zeros((0, 3, h, w))
         return {
             "input_ids": input_ids,
             "attention_mask": attention,
             "labels": labels,
-            "pixel_values": pixel_values,
+            **self.pixel_inputs(pixels),
             "image_token_mask": image_mask,
-            "sample_ids": [s.id for s, _, _ in rows],
+            "sample_ids": [s.id for s, _, _, _ in rows],
             "media_frames": torch.tensor(media_frames, dtype=torch.long),
             "media_sample": torch.tensor(media_sample, dtype=torch.long),
         }
@@ -253,14 +331,20 @@ class Collator:
         return segments
 
     def _tokenise(
-        self, segments: list[tuple[str, bool]], media_frames: Sequence[int], sample_id: str
+        self,
+        segments: list[tuple[str, bool]],
+        media_frames: Sequence[int],
+        sample_id: str,
+        media_tokens: Sequence[int] | None = None,
     ) -> Encoded:
         placeholders = sum(text.count(IMAGE_PLACEHOLDER) for text, _ in segments)
         if placeholders != len(media_frames):
             raise DataError(
                 f"sample {sample_id}: {placeholders} <image> placeholders for {len(media_frames)} media."
             )
-        media_tokens = [self.tokens_for(f) for f in media_frames]
+        if media_tokens is None:
+            media_tokens = [self.tokens_for(f) for f in media_frames]
+        media_tokens = list(media_tokens)
         pieces: list[tuple[str, bool]] = []
         for text, reply in segments:
             parts = text.split(IMAGE_PLACEHOLDER)

@@ -3,6 +3,10 @@
 Each sample's conversation up to its last answer becomes the prompt, tokenised by the training Collator's
 `encode_prompt` (same template, every `<image>` expanded to its frames' image-pad tokens); the answer is
 the greedy continuation up to the end-of-turn token or `max_new_tokens`.
+
+Samples go through the Collator's `prepare` first (a split InternVL sees its tiles, Qwen2.5-VL its vision
+markers), as in training. A model with its own `generate` (Qwen2.5-VL's `NativeResolutionVLM`, whose image
+tokens need 3-D M-RoPE positions) decodes itself; any other decodes through its LM with spliced embeddings.
 """
 
 from __future__ import annotations
@@ -38,16 +42,20 @@ def generate(
     answers: list[str] = []
     try:
         for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            prompts = [collator.encode_prompt(s.conversations, _media_frames(s)).input_ids for s in chunk]
+            chunk = [collator.prepare(s) for s in samples[start : start + batch_size]]
+            pixels = [collator.transform_images(s.images) for s in chunk]
+            prompts = [
+                collator.encode_prompt(
+                    s.conversations, _media_frames(s), collator.media_tokens(p, _media_frames(s))
+                ).input_ids
+                for s, p in zip(chunk, pixels)
+            ]
             input_ids, attention_mask = _left_pad(prompts, collator.pad_token_id)  # [B, L], [B, L]
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-            images = [vlm.image_transform(img) for s in chunk for img in s.images]
-            pixel_values = torch.stack(images).to(device) if images else None  # [N_img, 3, H, W]
-            embeds = vlm.embed(input_ids, pixel_values)  # [B, L, D]
-            out = vlm.lm.generate(
-                inputs_embeds=embeds,
-                attention_mask=attention_mask,
+            flat = [p for row in pixels for p in row]
+            images = {k: v.to(device) for k, v in collator.pixel_inputs(flat).items()} if flat else {}
+            pixel_values = images.get("pixel_values")  # [N_img, 3, H, W] or packed [sum P_i, D_patch]
+            options = dict(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,  # seed 000 5.3: temperature 0, no top-p/top-k, one beam, penalty 1.0
                 num_beams=1,
@@ -57,7 +65,14 @@ def generate(
                 top_k=None,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=collator.pad_token_id,
-            )  # [B, new]: with inputs_embeds only the new tokens come back
+            )
+            if callable(getattr(vlm, "generate", None)):
+                grid = images.get("image_grid_thw")  # [N_img, 3]
+                out = vlm.generate(input_ids, attention_mask, pixel_values, grid, **options)  # [B, new]
+            else:
+                embeds = vlm.embed(input_ids, pixel_values)  # [B, L, D]
+                # [B, new]: with inputs_embeds only the new tokens come back
+                out = vlm.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **options)
             answers.extend(t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True))
     finally:
         vlm.train(was_training)

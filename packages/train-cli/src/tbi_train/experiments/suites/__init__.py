@@ -1,0 +1,1 @@
+"""The five studies of `shared/seeds/`, one file each."""

@@ -1,0 +1,35 @@
+"""Two rows of each other suite run end to end on the tiny preset (few steps)."""
+
+import json
+import os
+
+import pytest
+
+from tbi_train.run import ablate
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+FEW = ["phases.0.steps=2", "phases.0.warmup_steps=0", "eval.limit=4", "eval.max_new_tokens=2", "eval.at_start=false",
+       "data.synthetic_n=60", "checkpoint.every_steps=0"]  # fmt: skip
+TWO = [*FEW, "phases.1.steps=2", "phases.1.warmup_steps=0"]
+THREE = [*TWO, "phases.2.steps=2", "phases.2.warmup_steps=0"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("suite", "rows", "overrides"),
+    [
+        ("cmba", ["U111", "P141"], THREE),
+        ("foveated", ["A6", "B1"], TWO),
+        ("ko-video-caption", ["E1", "E2"], THREE),
+        ("internvit-next", ["A0"], THREE),  # A1-A5 need the core's vision modernisation fields
+    ],
+)
+def test_suite_rows_run(tmp_path, suite, rows, overrides):
+    status = ablate(suite, only=rows, preset="tiny", out=tmp_path, overrides=overrides)
+    assert status == {f"{r}-seed42": "done" for r in rows}, [
+        json.loads(p.read_text()).get("error") for p in (tmp_path / "runs" / suite).glob("*/result.json")
+    ]
+    for row in rows:
+        result = json.loads((tmp_path / "runs" / suite / f"{row}-seed42" / "result.json").read_text())
+        assert "overall" in result["aggregates"] and result["seconds_per_sample"] > 0
