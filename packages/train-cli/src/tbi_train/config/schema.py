@@ -65,6 +65,16 @@ class VisionConfig:
     """Per-channel normalisation std when the checkpoint has no preprocessor config."""
     gradient_checkpointing: bool = True
     """Recompute tower activations in backward (seed 000 3.2: enabled for the vision encoder)."""
+    rope_2d: bool = False
+    """2D-RoPE instead of absolute position embeddings (`tbi_vision_rope.modernize`, seed 000 `rope_config`:
+    axial, base 10000, half the head dim per axis, linear interpolation); the position embedding is removed."""
+    window_attention: bool = False
+    """Attention inside W x W patch windows with a few global layers (seed 001): W = 8, or half the grid side
+    on grids under 16 patches (tiny: 2 x 2 of 4 x 4); global layers `default_global_layers(L, n)` with
+    n = min(4, max(1, L // 8)) (32 layers: 7/15/23/31; tiny 4 layers: the last)."""
+    feature_layers: tuple[int, ...] = ()
+    """Multi-scale taps: indexes into the tower's `hidden_states` (seed 000: 8/16/24) whose patch features go to
+    a multi-scale projector as a list; empty: the single `feature_layer`."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,9 @@ class ProjectorSpec:
     """Registry name (`tbi_projectors.list_projectors()`): mlp2x_gelu, c-abstractor, pixel-shuffle-mlp, ..."""
     options: tuple[tuple[str, Any], ...] = ()
     """Extra keyword options of the projector as (key, value) pairs; override with `model.projector.options.KEY=V`."""
+    query_from_lm: bool = False
+    """Foveated fine pass (seed 003): the projector also gets `query=` the LM's final hidden state at the last
+    instruction token (computed over the prompt with the coarse image tokens); needs a projector taking `query`."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,10 @@ class LMConfig:
     """Random init only: std of the initial weights (tied embeddings of this scale bound the logits)."""
     gradient_checkpointing: bool = False
     """Recompute decoder activations in backward (non-reentrant, so frozen inputs still work)."""
+    pyramid_drop: tuple[float, ...] = ()
+    """In-LM PyramidDrop drop rate per stage (seed 000 `pyramid_drop_config`: 0.5/0.3/0.1): after decoder layer
+    round(s * L / (S + 1)) stage s keeps floor(N * prod_{i<=s}(1 - r_i)) image tokens, ranked by the last
+    instruction token's attention (uniform r = PyramidDrop's floor(N * lambda^s), lambda = 1 - r); empty: off."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +190,10 @@ class ModelConfig:
     """The tokenizer."""
     peft: PeftConfig = field(default_factory=PeftConfig)
     """LoRA/DoRA adapters per component."""
+    pretrained: str | None = None
+    """Local folder of an existing InternVL-hf / llava-hf / Qwen2.5-VL checkpoint to start from: its tower,
+    projector (with trained weights), LM, tokenizer and image preprocessing replace vision/projector/lm/tokenizer
+    (whose random-init fields are then unused); peft and gradient checkpointing still apply. None: compose."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +218,8 @@ class DataConfig:
     """Relative share of each synthetic scene kind, e.g. {color: 1, count: 1}; empty: the generator's mix."""
     max_bad_fraction: float = 0.05
     """Stop with an error if more than this fraction of samples is unusable."""
+    replicate_image_frames: int = 1
+    """Each image becomes this many identical frames (seed 003 A8a: 1, A8b: 16); videos are unaffected."""
 
 
 @dataclass(frozen=True)
@@ -313,3 +336,5 @@ class RunConfig:
     """Validation."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpointing."""
+    nonfinite_loss: Literal["stop", "skip"] = "stop"
+    """A NaN/Inf loss: stop the run (naming the step and batch ids), or skip that optimizer step and go on."""

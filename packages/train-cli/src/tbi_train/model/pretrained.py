@@ -78,6 +78,7 @@ def load_pretrained_vlm(
     family: str | None = None,
     trust_remote_code: bool = False,
     dtype: torch.dtype | None = None,
+    tokenizer=None,
 ) -> VLM:
     """Load a local InternVL-hf / llava-hf / Qwen2.5-VL checkpoint as a VLM of tower + zoo projector + LM.
 
@@ -88,6 +89,7 @@ def load_pretrained_vlm(
             against it when given).
         trust_remote_code: allow checkpoint-provided Python code (only when the user asks for it).
         dtype: parameter dtype (default: transformers' choice, fp32 on CPU).
+        tokenizer: the tokenizer to use (a saved copy of the checkpoint's); default: the one in `path`.
 
     Returns:
         A `VLM` in eval mode (a `NativeResolutionVLM` for Qwen2.5-VL) whose `image_transform` is the
@@ -115,10 +117,13 @@ def load_pretrained_vlm(
     if dtype is not None:
         kwargs["dtype"] = dtype
     original = cls.from_pretrained(path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(
-        path, local_files_only=True, trust_remote_code=trust_remote_code
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    transform = PretrainedImageTransform.from_pretrained(
+        path, detected, **_text_markers(original.config, detected, tokenizer)
     )
-    transform = PretrainedImageTransform.from_pretrained(path, detected)
     if detected == "qwen2_5_vl":
         vlm = decompose_qwen2_5_vl(original, tokenizer, transform, path)
     else:
@@ -128,6 +133,32 @@ def load_pretrained_vlm(
         "decomposed %s checkpoint %s into vision + %s + LM", detected, path, vlm.config.projector.name
     )
     return vlm.eval()
+
+
+def _text_markers(config, family: str, tokenizer) -> dict:
+    """The image-pad token and (Qwen2.5-VL) the vision start/end tokens, as the checkpoint's tokenizer spells them."""
+    token_id = getattr(config, "image_token_id", None)
+    if token_id is None:
+        token_id = config.image_token_index
+    out = {"image_token": tokenizer.convert_ids_to_tokens(int(token_id))}
+    if family == "qwen2_5_vl":
+        markers = []
+        for key, default in (
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        ):
+            token_id = getattr(config, key, None)
+            token = tokenizer.convert_ids_to_tokens(int(token_id)) if token_id is not None else None
+            if token is None and tokenizer.convert_tokens_to_ids(default) != tokenizer.unk_token_id:
+                token = default  # an id outside the vocabulary: the processor's own spelling
+            if token is None:
+                raise TrainError(
+                    f"{key}={token_id} is not a token of the checkpoint's tokenizer, nor is {default}; "
+                    "save the tokenizer the checkpoint was trained with next to it."
+                )
+            markers.append(token)
+        out["markers"] = tuple(markers)
+    return out
 
 
 def _check_materialised(vlm: nn.Module, path: Path) -> None:

@@ -2,6 +2,10 @@
 
     result = train(resolve_config("tiny"), "runs/tiny")          # fresh run
     result = train(cfg, "runs/tiny", resume=True)                # continue from the last complete checkpoint
+    result = train(cfg, "runs/tiny", engine=EngineConfig("deepspeed", zero_stage=2))  # in each torchrun worker
+
+Under torchrun (or the deepspeed / accelerate launchers) every process calls `train` with the same arguments:
+rank 0 writes the run folder, data, tokenizer, logs and checkpoints; all ranks train data-parallel.
 
 Run folder: config.json (resolved config, its hash in run.json), data/ (synthetic data when no paths are
 given), tokenizer/ (trained BPE of a random LM), checkpoints/, log.jsonl, train_loss.png,
@@ -10,6 +14,7 @@ val_scores.png, final/ (the trained VLM).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -17,6 +22,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,11 +30,15 @@ from tbi_train.config import PhaseConfig, RunConfig, config_hash, save_config
 from tbi_train.errors import TrainError
 from tbi_train.eval import generate, score_predictions
 from tbi_train.model import VLM, build_vlm, save_vlm
+from tbi_train.scale.engines import make_engine
 from tbi_train.train.checkpoint import CheckpointState, latest_checkpoint, prune_checkpoints, save_checkpoint
 from tbi_train.train.log import JsonlLog, plot_curves
 from tbi_train.train.loss import count_targets, token_loss_sum
 from tbi_train.train.optim import build_optimizer, build_scheduler, set_trainable
 from tbi_train.train.order import DataOrder
+
+if TYPE_CHECKING:
+    from tbi_train.scale.engines import EngineConfig
 
 __all__ = ["RunResult", "TrainCallback", "train"]
 
@@ -76,6 +86,7 @@ def train(
     out_dir: str | Path,
     resume: bool = False,
     callback: TrainCallback | None = None,
+    engine: EngineConfig | None = None,
 ) -> RunResult:
     """Run every phase of `cfg` into `out_dir` and return where the results are.
 
@@ -85,29 +96,45 @@ def train(
         resume: continue from the last complete checkpoint in `out_dir` (the final weights equal those of
             an uninterrupted run with the same config).
         callback: progress hooks.
+        engine: how the phases train across processes (`tbi_train.scale.EngineConfig`; default: accelerate,
+            i.e. plain on one process and DDP under torchrun). Not part of the config hash: a checkpoint
+            of one engine and world size resumes under another.
 
     Raises:
         TrainError: `out_dir` holds another run, or resume was asked with a different config.
     """
-    from accelerate import Accelerator
+    from accelerate import PartialState
     from accelerate.utils import set_seed
 
     callback = callback or TrainCallback()
     run_dir = Path(out_dir)
     _check_paths(cfg)
-    digest = _claim_run_dir(cfg, run_dir, resume)
-    log = JsonlLog(run_dir / "log.jsonl")
+    # Joins torchrun's process group (gloo on the CPU); one process: a no-op.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    main = state.is_main_process
+    digest = _check_run_dir(cfg, run_dir, resume, state.num_processes)
+    state.wait_for_everyone()
+    if main:
+        _claim_run_dir(cfg, run_dir, digest, state.num_processes)
+    log = JsonlLog(run_dir / "log.jsonl") if main else _NullLog()
     latest = latest_checkpoint(run_dir) if resume else None
     if latest is not None:
         done = latest[0]
         log.keep(lambda r: (r["phase"], r["step"]) <= (done.phase_index, done.step))
         logger.info("resuming from %s", latest[1])
-    elif log.path.exists():
+    elif main and log.path.exists():
         log.path.unlink()
 
-    data = _datasets(cfg, run_dir)
-    set_seed(cfg.seed)
-    vlm = build_vlm(cfg.model, cache_dir=run_dir, corpus=_corpus(data.train))
+    # Rank 0 generates the synthetic data and trains the tokenizer; the others read them afterwards.
+    if main:
+        data = _datasets(cfg, run_dir)
+        set_seed(cfg.seed)
+        vlm = build_vlm(cfg.model, cache_dir=run_dir, corpus=_corpus(data.train))
+    state.wait_for_everyone()
+    if not main:
+        data = _datasets(cfg, run_dir)
+        set_seed(cfg.seed)
+        vlm = build_vlm(cfg.model, cache_dir=run_dir, corpus=_corpus(data.train))
     if latest is not None:
         _load_weights(vlm, latest[1] / "model" / "model.safetensors")
 
@@ -116,7 +143,7 @@ def train(
     )
     evals = [r for r in log.read() if "eval" in r]
     offsets = _global_offsets(cfg, data.train)
-    if latest is None and cfg.eval.at_start and val_samples:
+    if main and latest is None and cfg.eval.at_start and val_samples:
         evals.append(_evaluate(vlm, val_samples, cfg, log, callback, phase=0, step=0, global_step=0))
 
     for index, phase in enumerate(cfg.phases):
@@ -127,24 +154,38 @@ def train(
                 continue
             if index == done.phase_index:
                 start_step, state_dir = done.step, latest[1] / "state"
-        accelerator = Accelerator(
-            mixed_precision=_mixed_precision(cfg.precision),
-            step_scheduler_with_optimizer=False,
-        )
         evals += _run_phase(
-            cfg, index, phase, vlm, data.train, val_samples, accelerator, run_dir, log, callback,
-            start_step, state_dir, offsets[index],
+            cfg, index, phase, vlm, data.train, val_samples, make_engine(engine, cfg, phase), run_dir, log,
+            callback, start_step, state_dir, offsets[index],
         )  # fmt: skip
 
-    final = save_vlm(vlm, run_dir / "final")
-    plot_curves(log.read(), run_dir)
-    (run_dir / "summary.json").write_text(
-        json.dumps(
-            {"config_hash": digest, "evals": evals, "final_model": str(final)}, indent=2, ensure_ascii=False
+    final = run_dir / "final"
+    if main:
+        save_vlm(vlm, final)
+        plot_curves(log.read(), run_dir)
+        (run_dir / "summary.json").write_text(
+            json.dumps(
+                {"config_hash": digest, "evals": evals, "final_model": str(final)},
+                indent=2,
+                ensure_ascii=False,
+            )
+            + "\n"
         )
-        + "\n"
-    )
+    state.wait_for_everyone()
     return RunResult(run_dir, final, evals, digest)
+
+
+class _NullLog:
+    """The log of ranks other than 0: they train but do not write."""
+
+    def write(self, record: dict) -> None:
+        del record
+
+    def keep(self, predicate) -> None:
+        del predicate
+
+    def read(self) -> list[dict]:
+        return []
 
 
 def _check_paths(cfg: RunConfig) -> None:
@@ -164,24 +205,58 @@ def _check_paths(cfg: RunConfig) -> None:
             raise TrainError(f"{key}={path} does not exist; pass a LLaVA-style .json/.jsonl file.")
 
 
-def _claim_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> str:
+def _check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, world: int = 1) -> str:
+    """The config's hash, after checking `run_dir` is free (or, on resume, holds the same training).
+
+    The same training: the same config, or one that only splits each phase's global batch
+    (batch_size x grad_accum x processes) differently, e.g. 2 processes x batch 2 resumed by
+    1 process x batch 2 x 2 accumulation steps.
+    """
     digest = config_hash(cfg)
     marker = run_dir / "run.json"
     if marker.is_file():
-        previous = json.loads(marker.read_text()).get("config_hash")
-        if resume and previous != digest:
+        recorded = json.loads(marker.read_text())
+        previous = recorded.get("config_hash")
+        if resume and not _same_global_batches(run_dir, recorded, cfg, world):
             raise TrainError(
                 f"{run_dir} was trained with config {previous}, not {digest}; resume with the same config "
-                f"(see {run_dir / 'config.json'}) or choose another --out."
+                f"(see {run_dir / 'config.json'}; only how each phase's global batch is split over "
+                f"batch_size, grad_accum and processes may change) or choose another --out."
             )
         if not resume:
             raise TrainError(
                 f"{run_dir} already holds a run; pass --resume to continue it or choose another --out."
             )
+    return digest
+
+
+def _same_global_batches(run_dir: Path, recorded: dict, cfg: RunConfig, world: int) -> bool:
+    from tbi_train.config import load_config
+
+    old_world = int(recorded.get("world_size", 1))
+    if recorded.get("config_hash") == config_hash(cfg) and old_world == world:
+        return True
+    try:
+        before = load_config(run_dir / "config.json")
+    except TrainError:
+        return False
+    if len(before.phases) != len(cfg.phases):
+        return False
+    for old, new in zip(before.phases, cfg.phases):
+        if old.batch_size * old.grad_accum * old_world != new.batch_size * new.grad_accum * world:
+            return False
+    split = tuple(
+        dataclasses.replace(new, batch_size=old.batch_size, grad_accum=old.grad_accum)
+        for old, new in zip(before.phases, cfg.phases)
+    )
+    return config_hash(dataclasses.replace(cfg, phases=split)) == recorded.get("config_hash")
+
+
+def _claim_run_dir(cfg: RunConfig, run_dir: Path, digest: str, world: int = 1) -> None:
+    marker = run_dir / "run.json"
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
-    marker.write_text(json.dumps({"config_hash": digest, "name": cfg.name}) + "\n")
-    return digest
+    marker.write_text(json.dumps({"config_hash": digest, "name": cfg.name, "world_size": world}) + "\n")
 
 
 def _datasets(cfg: RunConfig, run_dir: Path) -> _Data:
@@ -206,6 +281,7 @@ def _datasets(cfg: RunConfig, run_dir: Path) -> _Data:
         train_path = synth / "train.json"
         val_path = val_path or synth / "val.json"
     kwargs = {"image_root": cfg.data.image_root, "max_bad_fraction": cfg.data.max_bad_fraction}
+    kwargs["replicate_image_frames"] = cfg.data.replicate_image_frames
     train_ds = load_conversations(train_path, **kwargs)
     val_ds = load_conversations(val_path, **kwargs) if val_path is not None else None
     return _Data(train_ds, val_ds)
@@ -246,14 +322,6 @@ def _global_offsets(cfg: RunConfig, dataset) -> list[int]:
     return offsets
 
 
-def _mixed_precision(precision: str) -> str:
-    if precision == "fp32":
-        return "no"
-    if precision == "bf16":
-        return "bf16"
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
 def _load_weights(vlm: VLM, path: Path) -> None:
     from safetensors.torch import load_model
 
@@ -267,7 +335,7 @@ def _run_phase(
     vlm: VLM,
     train_ds,
     val_samples: list,
-    accelerator,
+    engine,
     run_dir: Path,
     log: JsonlLog,
     callback: TrainCallback,
@@ -275,7 +343,10 @@ def _run_phase(
     state_dir: Path | None,
     offset: int,
 ) -> list[dict]:
-    """One phase: freeze, optimizer + schedule, the step loop with accumulation, evals, checkpoints."""
+    """One phase: freeze, optimizer + schedule, the step loop with accumulation, evals, checkpoints.
+
+    `engine` is a `tbi_train.scale.engines` engine (accelerate/DDP or DeepSpeed) made for this phase.
+    """
     from accelerate.utils import set_seed
 
     from tbi_train.data import Collator, preflight_check
@@ -295,87 +366,159 @@ def _run_phase(
     )
     if start_step == 0:
         preflight_check(dataset, collator, max_samples=256, seed=cfg.seed)
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world, rank, device = engine.num_processes, engine.process_index, engine.device
     total = _total_steps(phase, len(dataset), world)
     optimizer = build_optimizer(groups, phase, cfg.optim)
     scheduler = build_scheduler(optimizer, total, phase, cfg.optim)
-    model, optimizer, scheduler = accelerator.prepare(vlm, optimizer, scheduler)
+    model = engine.prepare(vlm, optimizer, scheduler)
     if state_dir is not None:
-        accelerator.load_state(str(state_dir))
+        engine.load_state(state_dir, model)
     trainable = [p for p in vlm.parameters() if p.requires_grad]
     order = DataOrder(
         len(dataset), phase.batch_size, seed=cfg.seed * 7919 + index, world_size=world, rank=rank
     )
-    logger.info("phase %d %s: %d steps, %d trainable parameters", index, phase.name, total, n_trainable)
+    logger.info(
+        "phase %d %s: %d steps, %d trainable parameters, %d processes (%s)",
+        index, phase.name, total, n_trainable, world, engine.kind,
+    )  # fmt: skip
     callback.on_phase_start(index, phase, total, start_step)
     evals: list[dict] = []
     model.train()
     started = time.perf_counter()
     for step in range(start_step, total):
-        micro = [
-            collator([dataset[i] for i in order.indices(step * phase.grad_accum + k)])
-            for k in range(phase.grad_accum)
-        ]
-        n_tokens = torch.tensor(
-            float(sum(count_targets(b["labels"]) for b in micro)), device=accelerator.device
+        step_start = time.perf_counter()
+        ids = [order.indices(step * phase.grad_accum + k) for k in range(phase.grad_accum)]
+        micro = [collator([dataset[i] for i in part]) for part in ids]
+        sample_ids = [s for b in micro for s in b["sample_ids"]]
+        counts = torch.tensor(
+            [
+                float(sum(count_targets(b["labels"]) for b in micro)),
+                float(sum(int(b["attention_mask"].sum()) for b in micro)),
+                float(sum(len(b["sample_ids"]) for b in micro)),
+            ],
+            device=device,
         )
-        n_tokens = accelerator.reduce(n_tokens, reduction="sum")
+        totals = engine.reduce_sum(counts)
+        n_tokens = totals[0]
         if n_tokens.item() == 0:
-            ids = [i for b in micro for i in b["sample_ids"]]
-            raise TrainError(f"phase {phase.name} step {step}: no supervised tokens in samples {ids[:8]}.")
-        loss_sum = torch.zeros((), device=accelerator.device)
+            raise TrainError(
+                f"phase {phase.name} step {step}: no supervised tokens in samples {sample_ids[:8]}."
+            )
+        loss_sum = torch.zeros((), device=device)
+        finite = True
+        lrs = engine.learning_rates()
         for k, batch in enumerate(micro):
             # Gradients of all micro-batches (and processes) sum to d(total loss / total tokens).
-            sync = accelerator.no_sync(model) if k < len(micro) - 1 else nullcontext()
-            with sync, accelerator.autocast():
+            with engine.micro_step(model, last=k == len(micro) - 1):
                 logits = model(
-                    input_ids=batch["input_ids"].to(accelerator.device),
-                    attention_mask=batch["attention_mask"].to(accelerator.device),
-                    pixel_values=batch["pixel_values"].to(accelerator.device),
-                    image_token_mask=batch["image_token_mask"].to(accelerator.device),
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device),
+                    pixel_values=batch["pixel_values"].to(device),
+                    image_token_mask=batch["image_token_mask"].to(device),
+                    # native-resolution (Qwen2.5-VL) batches also carry each image's patch grid
+                    **{k: batch[k].to(device) for k in ("image_grid_thw",) if k in batch},
                 )  # [B, L, V]
-                part = token_loss_sum(logits, batch["labels"].to(accelerator.device))
-                accelerator.backward(part * world / n_tokens)
+                part = token_loss_sum(logits, batch["labels"].to(device))
+                # Every rank must agree before any NaN reaches a gradient (DeepSpeed reduces as it goes).
+                bad = engine.reduce_sum((~torch.isfinite(part.detach())).float())
+                if bad.item() > 0:
+                    finite = False
+                    break
+                engine.backward(part * world / n_tokens)
             loss_sum += part.detach()
-        grad_norm = accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)
-        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups if not g["name"].endswith("/no_decay")}
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss = accelerator.reduce(loss_sum, reduction="sum").item() / n_tokens.item()
         done_steps = step + 1
+        if not finite:
+            _nonfinite(cfg, phase, index, step, sample_ids, rank, engine, log, offset)
+            grad_norm = float("nan")
+        else:
+            grad_norm = engine.step(trainable, cfg.optim.max_grad_norm)
+        seconds = time.perf_counter() - step_start
+        local_tokens, local_samples = counts[1].item(), counts[2].item()
         record = {
             "phase": index,
             "phase_name": phase.name,
             "step": done_steps,
             "global_step": offset + done_steps,
-            "loss": loss,
+            "loss": engine.reduce_sum(loss_sum).item() / n_tokens.item() if finite else float("nan"),
             "lr": lrs,
             "grad_norm": float(grad_norm),
             "tokens": int(n_tokens.item()),
             "epoch": order.epoch_of(done_steps * phase.grad_accum),
             "elapsed_s": round(time.perf_counter() - started, 3),
+            "processes": world,
+            "throughput": {
+                "tokens_per_s": totals[1].item() / seconds,
+                "samples_per_s": totals[2].item() / seconds,
+                "tokens_per_s_per_process": local_tokens / seconds,
+                "samples_per_s_per_process": local_samples / seconds,
+            },
         }
+        if not finite:
+            record["skipped"] = True
         if done_steps % cfg.log_every == 0 or done_steps == total:
             log.write(record)
-        callback.on_step(record)
+        if engine.is_main_process:
+            callback.on_step(record)
         if done_steps == total:
             break
         if cfg.eval.every_steps and done_steps % cfg.eval.every_steps == 0 and val_samples:
-            evals.append(
-                _evaluate(vlm, val_samples, cfg, log, callback, index, done_steps, offset + done_steps)
-            )
+            evals += _evaluate_on_main(engine, model, vlm, val_samples, cfg, log, callback, index, done_steps,
+                                       offset)  # fmt: skip
         if cfg.checkpoint.every_steps and done_steps % cfg.checkpoint.every_steps == 0:
-            save_checkpoint(
-                run_dir, CheckpointState(index, phase.name, done_steps, False), accelerator, model
-            )
-            prune_checkpoints(run_dir, index, cfg.checkpoint.keep_last)
+            with _saving(engine, model):
+                save_checkpoint(run_dir, CheckpointState(index, phase.name, done_steps, False), engine, model)
+            if engine.is_main_process:
+                prune_checkpoints(run_dir, index, cfg.checkpoint.keep_last)
+            engine.wait_for_everyone()
     if val_samples:
-        evals.append(_evaluate(vlm, val_samples, cfg, log, callback, index, total, offset + total))
-    path = save_checkpoint(run_dir, CheckpointState(index, phase.name, total, True), accelerator, model)
-    prune_checkpoints(run_dir, index, 0)
-    callback.on_phase_end(index, path)
+        evals += _evaluate_on_main(engine, model, vlm, val_samples, cfg, log, callback, index, total, offset)
+    with _saving(engine, model):
+        path = save_checkpoint(run_dir, CheckpointState(index, phase.name, total, True), engine, model)
+    if engine.is_main_process:
+        prune_checkpoints(run_dir, index, 0)
+        callback.on_phase_end(index, path)
+    engine.wait_for_everyone()
+    engine.close()
     return evals
+
+
+def _saving(engine, model):
+    """Weights in a form `save_vlm` can write (DeepSpeed keeps them as views into flat buffers)."""
+    saving = getattr(engine, "saving", None)
+    return saving(model) if saving is not None else nullcontext()
+
+
+def _nonfinite(cfg, phase, index, step, sample_ids, rank, engine, log, offset) -> None:
+    """A NaN/Inf loss: log the step and this rank's sample ids, then stop or skip per `cfg.nonfinite_loss`."""
+    where = f"phase {index} ({phase.name}) step {step + 1}"
+    logger.error("non-finite loss at %s on rank %d, samples %s", where, rank, sample_ids)
+    log.write(
+        {
+            "phase": index,
+            "step": step + 1,
+            "global_step": offset + step + 1,
+            "nonfinite_loss": True,
+            "rank": rank,
+            "sample_ids": sample_ids,
+            "action": cfg.nonfinite_loss,
+        }
+    )
+    if cfg.nonfinite_loss == "stop":
+        raise TrainError(
+            f"non-finite loss at {where}; samples {sample_ids} (rank {rank}). Check those samples, lower the "
+            f"learning rate, or set nonfinite_loss=skip to skip such steps."
+        )
+    engine.skip_step()
+
+
+def _evaluate_on_main(engine, model, vlm, samples, cfg, log, callback, index, step, offset) -> list[dict]:
+    """Rank 0 generates and scores while the others wait."""
+    out = []
+    if engine.is_main_process:
+        out.append(_evaluate(vlm, samples, cfg, log, callback, index, step, offset + step))
+    engine.wait_for_everyone()
+    model.train()
+    return out
 
 
 def _evaluate(
