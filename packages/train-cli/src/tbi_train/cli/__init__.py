@@ -116,10 +116,32 @@ def train(
             "--trust-remote-code", help="Allow checkpoints that ship their own model code (InternLM2)."
         ),
     ] = False,
+    launcher: Annotated[
+        str, typer.Option("--launcher", help="none (this process), torchrun, deepspeed or accelerate.")
+    ] = "none",
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes per node (one per GPU).")] = 1,
+    nodes: Annotated[int, typer.Option("--nodes", help="Machines; run the command on each.")] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", help="This machine's index.")] = 0,
+    master_addr: Annotated[str, typer.Option("--master-addr", help="Address of node 0.")] = "127.0.0.1",
+    master_port: Annotated[int, typer.Option("--master-port", help="Port on node 0.")] = 29500,
+    hostfile: Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile.")] = None,
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="ddp or deepspeed (default: deepspeed with its launcher).")
+    ] = None,
+    zero_stage: Annotated[int, typer.Option("--zero-stage", help="DeepSpeed ZeRO stage (1 or 2).")] = 2,
+    offload_optimizer: Annotated[
+        bool, typer.Option("--offload-optimizer", help="DeepSpeed: optimizer states in CPU memory.")
+    ] = False,
+    deepspeed_config: Annotated[
+        Path | None,
+        typer.Option("--deepspeed-config", help="A DeepSpeed JSON merged over the generated one."),
+    ] = None,
 ) -> None:
-    """Train a VLM through all phases of a preset or config file."""
+    """Train a VLM through all phases of a preset, a config file or an experiment (F4), on 1..N processes."""
     from tbi_train.cli._progress import RichProgress
     from tbi_train.config import config_hash, resolve_config
+    from tbi_train.scale.engines import EngineConfig
+    from tbi_train.scale.launch import LaunchConfig, launch_training
     from tbi_train.train import train as run_training
 
     console = Console()
@@ -136,8 +158,19 @@ def train(
         cfg = resolve_config(config, preset=preset, overrides=extra, seed=seed)
         run_dir = out or Path("runs") / f"{cfg.name}-seed{cfg.seed}"
         console.print(f"run [bold]{cfg.name}[/] config {config_hash(cfg)} -> {run_dir}", highlight=False)
-        with RichProgress(console) as progress:
-            result = run_training(cfg, run_dir, resume=resume, callback=progress)
+        launch = LaunchConfig(launcher, nproc, nodes, node_rank, master_addr, master_port,
+                              str(hostfile) if hostfile else None)  # fmt: skip
+        engine_cfg = EngineConfig(
+            engine or ("deepspeed" if launcher == "deepspeed" else "ddp"),
+            zero_stage,
+            offload_optimizer,
+            str(deepspeed_config) if deepspeed_config else None,
+        )
+        if launch.launcher == "none":
+            with RichProgress(console) as progress:
+                result = run_training(cfg, run_dir, resume=resume, callback=progress, engine=engine_cfg)
+        else:
+            result = launch_training(cfg, run_dir, launch, engine_cfg, resume=resume)
     except TrainError as exc:
         _fail(console, exc)
     table = Table("phase", "step", *result.evals[0]["eval"]) if result.evals else None
@@ -347,9 +380,10 @@ def plan(
 
             console.print(plan_suite(target, preset, _seed_list(seeds)))
             return
-        from tbi_train.scale.memory import memory_table
+        from tbi_train.scale.plan import hardware_plan
 
-        console.print(memory_table(target, hardware, seq_len=seq_len, tiles=tiles))
+        result = hardware_plan(target, hardware, seq_len=seq_len, tiles=tiles)
+        console.print(result.text, markup=False, highlight=False)
     except TrainError as exc:
         _fail(console, exc)
 
