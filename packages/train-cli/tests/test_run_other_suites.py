@@ -1,4 +1,4 @@
-"""Two rows of each other suite run end to end on the tiny preset (few steps)."""
+"""Every row of tbi-mllm, and two rows of each other suite, run end to end on the tiny preset (few steps)."""
 
 import json
 import os
@@ -22,7 +22,7 @@ THREE = [*TWO, "phases.2.steps=2", "phases.2.warmup_steps=0"]
         ("cmba", ["U111", "P141"], THREE),
         ("foveated", ["A6", "B1"], TWO),
         ("ko-video-caption", ["E1", "E2"], THREE),
-        ("internvit-next", ["A0"], THREE),  # A1-A5 need the core's vision modernisation fields
+        ("internvit-next", ["A0", "A2"], THREE),
     ],
 )
 def test_suite_rows_run(tmp_path, suite, rows, overrides):
@@ -33,3 +33,31 @@ def test_suite_rows_run(tmp_path, suite, rows, overrides):
     for row in rows:
         result = json.loads((tmp_path / "runs" / suite / f"{row}-seed42" / "result.json").read_text())
         assert "overall" in result["aggregates"] and result["seconds_per_sample"] > 0
+
+
+@pytest.mark.slow
+def test_every_tbi_mllm_row_runs(tmp_path):
+    status = ablate("tbi-mllm", preset="tiny", out=tmp_path, overrides=THREE)
+    expected = [
+        "A0",
+        "A1",
+        "B1",
+        "B2",
+        "B3",
+        "C1",
+        "C2",
+        "D1",
+        "D2",
+        "D3",
+        "D4",
+        "E1",
+        "E2",
+        "F1",
+        "F2",
+        "F3",
+        "F4",
+    ]
+    assert status == {f"{r}-seed42": "done" for r in expected}, [
+        json.loads(p.read_text()).get("error") for p in (tmp_path / "runs" / "tbi-mllm").glob("*/result.json")
+    ]
+    assert (tmp_path / "report" / "report.html").is_file()
