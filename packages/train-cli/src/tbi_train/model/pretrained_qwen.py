@@ -21,7 +21,7 @@ from tbi_projectors import Projector, ProjectorConfig, ProjectorError, Projector
 from tbi_train.errors import TrainError
 from tbi_train.model.pretrained_parts import copy_weights, model_config
 from tbi_train.model.vision import VisionTower
-from tbi_train.model.vlm import VLM
+from tbi_train.model.vlm import VLM, _splice
 
 __all__ = [
     "NativeResolutionVLM",
@@ -152,13 +152,8 @@ class NativeResolutionVLM(VLM):
         image_grid_thw: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Text embeddings with the image-pad positions replaced by image tokens: [B, L, D]."""
-        embeds = self.lm.get_input_embeddings()(input_ids)  # [B, L, D]
-        if image_token_mask is None:
-            image_token_mask = input_ids == self.image_pad_id  # [B, L]
-        n_slots = int(image_token_mask.sum())
-        if pixel_values is None or pixel_values.shape[0] == 0:
-            if n_slots:
-                raise TrainError(f"batch has {n_slots} image-pad tokens but no pixel_values.")
+        embeds, image_token_mask, n_slots = self._embed_text(input_ids, pixel_values, image_token_mask)
+        if n_slots is None:
             return embeds
         tokens = self.encode_images(pixel_values, image_grid_thw)  # [T_img, D]
         if tokens.shape[0] != n_slots:
@@ -166,8 +161,7 @@ class NativeResolutionVLM(VLM):
                 f"batch has {n_slots} image-pad tokens but the images give {tokens.shape[0]} tokens "
                 f"(grid_thw {image_grid_thw.tolist()} / 4); expand each image to t*h*w/4 pad tokens."
             )
-        mask = image_token_mask.unsqueeze(-1).expand_as(embeds)  # [B, L, D]
-        return embeds.masked_scatter(mask, tokens.to(embeds.dtype))
+        return _splice(embeds, image_token_mask, tokens)  # [B, L, D]
 
     def position_ids(
         self,

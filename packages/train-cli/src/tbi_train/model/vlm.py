@@ -87,13 +87,8 @@ class VLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Text embeddings with the image-pad positions replaced by image tokens: [B, L, D]."""
-        embeds = self.lm.get_input_embeddings()(input_ids)  # [B, L, D]
-        if image_token_mask is None:
-            image_token_mask = input_ids == self.image_pad_id  # [B, L]
-        n_slots = int(image_token_mask.sum())
-        if pixel_values is None or pixel_values.shape[0] == 0:
-            if n_slots:
-                raise TrainError(f"batch has {n_slots} image-pad tokens but no pixel_values.")
+        embeds, image_token_mask, n_slots = self._embed_text(input_ids, pixel_values, image_token_mask)
+        if n_slots is None:
             return embeds
         features = self.vision(pixel_values.to(embeds.dtype))  # [N_img, P, C] or S x [N_img, P, C]
         tokens = self._project(features)  # [N_img, M, D]
@@ -110,6 +105,24 @@ class VLM(nn.Module):
         owner = image_token_mask.nonzero()[:: tokens.shape[1], 0]  # [N_img] batch row of each image
         fine = self._project(features, query[owner])  # [N_img, M, D]
         return _splice(embeds, image_token_mask, fine)
+
+    def _embed_text(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        image_token_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+        """(text embeddings [B, L, D], image-pad mask [B, L], number of pad slots, or None when there are no
+        images to splice). Pad tokens without pixel_values are an error."""
+        embeds = self.lm.get_input_embeddings()(input_ids)  # [B, L, D]
+        if image_token_mask is None:
+            image_token_mask = input_ids == self.image_pad_id  # [B, L]
+        n_slots = int(image_token_mask.sum())
+        if pixel_values is None or pixel_values.shape[0] == 0:
+            if n_slots:
+                raise TrainError(f"batch has {n_slots} image-pad tokens but no pixel_values.")
+            return embeds, image_token_mask, None
+        return embeds, image_token_mask, n_slots
 
     def instruction_index(
         self,
