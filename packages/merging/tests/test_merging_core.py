@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from tbi_merging import MergeError, dare_keep_mask, merge_tensors
-from tbi_merging._select import kth_largest
-from tbi_merging.core import BLOCK
+from tbi_merging import MergeError, core, dare_keep_mask, merge_tensors
+from tbi_merging._select import BINS, find_bin
 
 
 def _grid(shape, gen, scale=64.0, spread=3.0):
@@ -219,7 +219,7 @@ def test_float32_accumulation_and_base_dtype(dtype):
 
 
 def test_dare_statistics_kept_fraction_and_expectation():
-    n = 2 * BLOCK + 12345  # several seeding blocks, odd tail
+    n = core.CHUNK + 12345  # two chunks, odd tail
     delta = torch.full((n,), 0.5)
     merged, stats = merge_tensors(
         torch.zeros(n),
@@ -251,17 +251,21 @@ def test_dare_reproducible_whatever_order_and_company():
     assert not torch.equal(alone, other_name) and not torch.equal(alone, other_seed)
 
 
-@pytest.mark.parametrize("n", [1, 5, 1000, BLOCK + 3])
-def test_kth_largest_matches_sort(n):
+@pytest.mark.parametrize("n", [1, 5, 1000, 70001])
+def test_radix_select_matches_sort(n):
     gen = torch.Generator().manual_seed(n)
-    x = (torch.round(torch.randn(n, generator=gen) * 8) / 8).abs()
+    x = (torch.round(torch.randn(n, generator=gen) * 8) / 8).abs()  # many ties
+    bits = x.view(torch.int32).numpy()
     for k in {1, max(1, n // 3), n}:
-        step = BLOCK // 2
-        chunks = ((i, x[i : i + step]) for i in range(0, n, step))
-        th = kth_largest(chunks, k, lambda start, idx: x[start + idx])
-        assert th.value == float(torch.sort(x, descending=True).values[k - 1])
-        assert int((x > th.value).sum()) + th.ties_to_keep == k
-        assert 1 <= th.ties_to_keep <= int((x == th.value).sum())
+        hi_bin, above_hi = find_bin(torch.bincount(x.view(torch.int32) >> 16, minlength=BINS).numpy(), k)
+        lows = bits[(bits >> 16) == hi_bin] & 0xFFFF
+        lo_bin, above_lo = find_bin(
+            torch.bincount(torch.from_numpy(lows), minlength=BINS).numpy(), k - above_hi
+        )
+        value = torch.tensor([(hi_bin << 16) | lo_bin], dtype=torch.int32).view(torch.float32).item()
+        assert value == float(torch.sort(x, descending=True).values[k - 1])
+        assert int((x > value).sum()) == above_hi + above_lo
+        assert 1 <= k - above_hi - above_lo <= int((x == value).sum())
 
 
 @pytest.mark.parametrize(
@@ -302,8 +306,9 @@ def test_inputs_are_not_modified(method):
     assert torch.equal(base, copies[0]) and all(torch.equal(fts[k], copies[1][k]) for k in fts)
 
 
-def test_trim_ties_across_chunks_follow_flat_order():
-    n = 2 * BLOCK + 5
+def test_trim_ties_across_chunks_follow_flat_order(monkeypatch):
+    monkeypatch.setattr(core, "CHUNK", 1 << 14)  # many chunks, so the tie cut falls inside a later one
+    n = 5 * (1 << 14) + 5
     gen = torch.Generator().manual_seed(4)
     d = torch.round(torch.randn(n, generator=gen) * 4) / 4  # ~20 distinct magnitudes: ties span every chunk
     k = int(0.37 * n)
@@ -313,3 +318,66 @@ def test_trim_ties_across_chunks_follow_flat_order():
     got, stats = merge_tensors(torch.zeros(n), [d], "ties", density=0.37, return_stats=True)
     assert torch.equal(got, expected)
     assert stats.kept_fraction["0"] == int((expected != 0).sum()) / n
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear"])
+def test_chunking_and_threads_do_not_change_the_result(monkeypatch, method):
+    gen = torch.Generator().manual_seed(6)
+    n = 3 * 4096 + 17
+    base = _grid((n,), gen).to(torch.bfloat16)
+    fts = {m: (base.float() + _grid((n,), gen, spread=0.2)).to(torch.bfloat16) for m in ("en", "ko")}
+    kw = dict(density=0.45, drop_rate=0.6, seed=3, tensor_name="t", return_stats=True)
+    one, s1 = merge_tensors(base, fts, method, [0.6, 0.4], **kw)
+    monkeypatch.setattr(core, "CHUNK", 4096)
+    monkeypatch.setattr(core, "_MIN_SPLIT", 1000)
+    monkeypatch.setattr(core, "_SAMPLE_BLOCKS", 4)  # the sampled threshold bracket, per-thread candidates
+    monkeypatch.setattr(core, "_SAMPLE_LEN", 512)
+    two, s2 = merge_tensors(base, fts, method, [0.6, 0.4], threads=3, **kw)
+    assert torch.equal(one, two) and s1 == s2
+
+
+def test_bf16_inputs_equal_the_float32_path():
+    """The bf16 bit-pattern path rounds to bf16 exactly like torch does on the float64 reference."""
+    gen = torch.Generator().manual_seed(8)
+    base = (torch.randn(40, 97, generator=gen) * 0.02).to(torch.bfloat16)
+    fts = {m: (base.float() + torch.randn(40, 97, generator=gen) * 2e-3).to(torch.bfloat16) for m in "ab"}
+    w = {"a": 0.6, "b": 0.4}
+    for method, density in (("ties", 0.3), ("dare_ties", 0.7), ("task_arithmetic", 1.0)):
+        got = merge_tensors(base, fts, method, w, density=density, drop_rate=0.5, seed=1, tensor_name="x")
+        ref = _reference(
+            base, fts, w, method, density=density,
+            p=0.5 if method == "dare_ties" else 0.0, seed=1, name="x",
+            normalize=method != "task_arithmetic",
+        )  # fmt: skip
+        assert got.dtype == torch.bfloat16
+        assert torch.equal(got, ref.to(torch.bfloat16)), method
+
+
+@pytest.mark.parametrize("path", ["all", "sampled", "sampled_one_chunk", "fallback"])
+def test_trim_threshold_paths_are_exact(monkeypatch, path):
+    """Small tensors collect every entry; large ones bracket the threshold from a sample; a missed
+    bracket falls back to the two radix-histogram passes. All keep exactly the top k, ties in flat order."""
+    n = 50_003
+    gen = torch.Generator().manual_seed(11)
+    d = torch.round(torch.randn(n, generator=gen) * 6) / 6  # ~40 distinct magnitudes: many ties
+    radix_calls = []
+    radix = core._Engine.radix_thresholds
+    monkeypatch.setattr(core._Engine, "radix_thresholds", lambda *a: radix_calls.append(1) or radix(*a))
+    if path != "sampled_one_chunk":  # the sample is read from the sources, not from the chunk buffers
+        monkeypatch.setattr(core, "CHUNK", 1 << 13)
+    if path != "all":
+        monkeypatch.setattr(core, "_SAMPLE_BLOCKS", 16)
+        monkeypatch.setattr(core, "_SAMPLE_LEN", 256)
+    if path == "fallback":  # a bracket that holds only the largest magnitudes misses the k-th
+        top = int(d.abs().max().view(torch.int32))
+        monkeypatch.setattr(
+            core._Engine, "_bracket", lambda self, *a: (np.full(1, top, np.uint32),) * 2 + (n,)
+        )
+    for density in (0.05, 0.37, 0.9):
+        k = int(density * n)
+        order = torch.sort(-d.abs(), stable=True).indices[:k]
+        expected = torch.zeros(n)
+        expected[order] = d[order]
+        got = merge_tensors(torch.zeros(n), [d], "ties", density=density)
+        assert torch.equal(got, expected), density
+    assert len(radix_calls) == (3 if path == "fallback" else 0)

@@ -96,8 +96,16 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
 
 def _read(info: TensorInfo, name: str, first: int, count: int, label: str) -> torch.Tensor:
     """Elements [first, first + count) of a tensor, flat, read into fresh memory."""
-    size = torch.empty(0, dtype=info.dtype).element_size()
-    buf = torch.empty(count * size, dtype=torch.uint8)
+    out = torch.empty(count, dtype=info.dtype)
+    _read_into(info, name, first, out, label)
+    return out
+
+
+def _read_into(info: TensorInfo, name: str, first: int, out: torch.Tensor, label: str) -> None:
+    """Read elements [first, first + out.numel()) of a tensor into ``out`` (contiguous, the tensor's dtype)."""
+    size = out.element_size()
+    count = out.numel()
+    buf = out.view(torch.uint8)
     try:
         with info.file.open("rb") as f:
             f.seek(info.offset + first * size)
@@ -109,7 +117,6 @@ def _read(info: TensorInfo, name: str, first: int, count: int, label: str) -> to
             f"{label}: {info.file} ended inside tensor {name!r} (read {got} of {buf.numel()} "
             "bytes); re-copy or re-save the checkpoint"
         )
-    return buf.view(info.dtype)
 
 
 class LazyTensor:
@@ -138,6 +145,10 @@ class LazyTensor:
         if shape not in ((-1,), ((-1,),)):
             raise MergeError(f"internal: a LazyTensor only flattens, asked for {shape}")
         return self
+
+    def read_into(self, start: int, out: torch.Tensor) -> None:
+        """Read flat elements [start, start + out.numel()) into ``out`` (contiguous, this tensor's dtype)."""
+        _read_into(self.info, self.name, start, out, self.label)
 
     def __getitem__(self, key) -> torch.Tensor:
         if isinstance(key, slice):

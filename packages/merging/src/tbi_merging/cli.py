@@ -92,6 +92,9 @@ def build_parser(prog: str = "python -m tbi_merging") -> argparse.ArgumentParser
         help="accept models storing a tensor in another float dtype than the base",
     )
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output")
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="merge threads (default: torch's, i.e. OMP_NUM_THREADS)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     return p
@@ -102,7 +105,7 @@ _KEYS = {
     "ties_sign": "sign", "compat": "compat", "rescale": "rescale", "normalize": "normalize", "scale": "scale",
     "seed": "seed", "unshared": "unshared", "take_from": "take_from", "align_vocab": "align_vocab",
     "config_from": "config_from", "to_adapter": "adapter_rank", "allow_dtype_mismatch": "allow_dtype_mismatch",
-    "overwrite": "overwrite",
+    "overwrite": "overwrite", "threads": "threads",
 }  # fmt: skip
 
 

@@ -103,6 +103,9 @@ class MergeConfig:
     merged ΔW) instead of a full model."""
     report_name: str = "merge_report.json"
     """File name of the merge report written inside the output directory."""
+    threads: int | None = None
+    """Threads splitting each chunk of the merge; None = torch's thread count (``OMP_NUM_THREADS``).
+    The result does not depend on it."""
 
     def __post_init__(self) -> None:
         self.base = Path(self.base)
@@ -148,6 +151,8 @@ class MergeConfig:
                 raise MergeError(
                     f"component {rule.pattern!r}: weights for unknown models {set(rule.weights) - set(names)}"
                 )
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise MergeError(f"threads {self.threads!r} must be a positive integer, e.g. --threads 2")
         if self.adapter_rank is not None and self.adapter_rank < 1:
             raise MergeError(f"adapter rank {self.adapter_rank} must be a positive integer")
 

@@ -14,29 +14,39 @@ Notation for one tensor: base θ₀, fine-tunes θ₁…θ_M with weights w₁�
 ``paper`` (the formulas above), ``mergekit`` (sign election on w_i δ̂_i, DARE rescale matching the L1
 norm of the task vector), ``peft`` (disjoint mean divided by the number of agreeing models).
 
-Everything is computed in float32 chunks of ``BLOCK`` entries whatever the storage dtype, and the
-result has the base dtype. The DARE mask of entry j of tensor T for model M is drawn from a generator
-seeded by (seed, T, M, j // BLOCK), so a merge is reproducible whatever the order or parallelism.
+Every entry is computed in float64 from the stored values (bf16/fp16/fp32), in one fused pass per chunk
+of ``CHUNK`` entries (:mod:`tbi_merging._kernels`), and the result is rounded to the base dtype. The DARE
+keep decision of entry j of tensor T for model M is u_j < 1 − p with u_j = splitmix64 of (hash(seed, T, M),
+j): it depends on nothing else, so a merge is reproducible whatever the order, chunking or thread count.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from tbi_merging._select import Threshold, kth_largest
+from tbi_merging import _kernels
+from tbi_merging._select import BINS, find_bin
 from tbi_merging.errors import MergeError
 
 METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 COMPAT_MODES = ("paper", "mergekit", "peft")
 SIGN_METHODS = ("mass", "count")
 
-#: Entries per processing chunk and per DARE seeding block (part of the reproducibility contract).
-BLOCK = 1 << 20
+#: Entries per read-and-merge chunk (memory: (models + 2) chunk buffers of 2-4 bytes per entry).
+CHUNK = 1 << 22
+#: Smallest chunk that is split between threads.
+_MIN_SPLIT = 1 << 16
+_TIES_MODE = {"paper": 1, "mergekit": 2, "peft": 3}
+#: The TIES threshold's sample: this many evenly spaced blocks of this many entries.
+_SAMPLE_BLOCKS = 64
+_SAMPLE_LEN = 2048
 
 _NORMALIZE_DEFAULT = {
     "paper": {
@@ -90,10 +100,10 @@ def resolve_density(method: str, density: float | None) -> float:
     return _DENSITY_DEFAULT.get(method, 1.0) if density is None else density
 
 
-def dare_seed(seed: int, tensor_name: str, model_name: str, block: int) -> int:
-    """64-bit generator seed of one DARE block: a hash of (seed, tensor name, model name, block index)."""
-    key = f"{seed}\x00{tensor_name}\x00{model_name}\x00{block}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & ((1 << 63) - 1)
+def dare_seed(seed: int, tensor_name: str, model_name: str) -> int:
+    """64-bit key of one DARE stream: a hash of (seed, tensor name, model name)."""
+    key = f"{seed}\x00{tensor_name}\x00{model_name}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
 
 
 def dare_keep_mask(
@@ -101,84 +111,13 @@ def dare_keep_mask(
 ) -> torch.Tensor:
     """The boolean DARE keep mask (flat, ``numel`` entries) that :func:`merge_tensors` uses.
 
-    Entry j is kept iff u_j < keep_prob with u_j ~ U[0, 1) from the generator of block j // BLOCK.
+    Entry j is kept iff u_j < keep_prob, with u_j the top 53 bits of
+    splitmix64(key + (j + 1)·0x9E3779B97F4A7C15) over 2⁵³ and key = :func:`dare_seed` (seed, tensor_name,
+    model_name).
     """
-    return torch.cat(
-        [
-            _block_mask(start, min(numel, start + BLOCK), keep_prob, seed, tensor_name, model_name)
-            for start in range(0, numel, BLOCK)
-        ]
-        or [torch.zeros(0, dtype=torch.bool)]
-    )
-
-
-def _block_mask(start: int, stop: int, keep_prob: float, seed: int, tensor_name: str, model_name: str):
-    gen = torch.Generator()
-    gen.manual_seed(dare_seed(seed, tensor_name, model_name, start // BLOCK))
-    return torch.rand(stop - start, generator=gen) < keep_prob
-
-
-@dataclass
-class _TaskVector:
-    """Sparsification state of one model's task vector, applied chunk by chunk."""
-
-    name: str
-    base: torch.Tensor  # flat, storage dtype
-    tuned: torch.Tensor  # flat, storage dtype
-    keep_prob: float  # DARE keep probability 1 - p (1.0: no DARE)
-    density: float  # TIES kept fraction (1.0: no trim)
-    seed: int
-    tensor_name: str
-    factor: float = 1.0  # DARE rescale factor, applied after masking
-    threshold: Threshold | None = None
-    ties_seen: int = 0
-
-    def masked(self, d: torch.Tensor, start: int) -> torch.Tensor:
-        """DARE-masked (unscaled) delta, in place on ``d`` (entries [start, start + len(d)))."""
-        if self.keep_prob < 1.0:
-            d.mul_(
-                _block_mask(start, start + d.numel(), self.keep_prob, self.seed, self.tensor_name, self.name)
-            )
-        return d
-
-    def delta(self, start: int, stop: int) -> torch.Tensor:
-        return self.tuned[start:stop].float() - self.base[start:stop].float()  # [C]; float() may alias
-
-    def magnitudes(self) -> Iterator[tuple[int, torch.Tensor]]:
-        n = self.base.numel()
-        for start in range(0, n, BLOCK):
-            yield start, self.masked(self.delta(start, min(n, start + BLOCK)), start).abs_()
-
-    def magnitudes_at(self, start: int, idx: torch.Tensor) -> torch.Tensor:
-        """|masked delta| at offsets ``idx`` of the chunk at ``start`` (reads only those entries)."""
-        pos = idx + start
-        d = self.tuned[pos].float() - self.base[pos].float()
-        if self.keep_prob < 1.0:
-            stop = min(self.base.numel(), start + BLOCK)
-            d.mul_(_block_mask(start, stop, self.keep_prob, self.seed, self.tensor_name, self.name)[idx])
-        return d.abs_()
-
-    def sparsify(self, d: torch.Tensor, start: int) -> torch.Tensor:
-        """Final sparsified delta, in place on ``d``; chunks must come in flat order."""
-        self.masked(d, start)
-        if self.threshold is not None:
-            a = d.abs()
-            budget = self.threshold.ties_to_keep - self.ties_seen  # ties still to keep, in flat order
-            if budget <= 0:
-                keep = a > self.threshold.value
-            else:
-                ties = a == self.threshold.value
-                n_ties = int(ties.sum())
-                if n_ties <= budget:
-                    keep = a >= self.threshold.value
-                else:
-                    rank = torch.cumsum(ties, 0)  # 1-based rank of each tie within the chunk
-                    keep = (a > self.threshold.value) | (ties & (rank <= budget))
-                self.ties_seen += n_ties
-            d.mul_(keep)
-        if self.factor != 1.0:
-            d.mul_(self.factor)
-        return d
+    out = np.empty(numel, dtype=np.bool_)
+    _kernels.keep_mask(np.uint64(dare_seed(seed, tensor_name, model_name)), float(keep_prob), 0, out)
+    return torch.from_numpy(out)
 
 
 def _named(finetuned: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> tuple[list[str], list]:
@@ -247,6 +186,7 @@ def merge_tensors(
     check_finite: bool = True,
     return_stats: bool = False,
     sink: Callable[[torch.Tensor], None] | None = None,
+    threads: int = 1,
 ) -> torch.Tensor | tuple[torch.Tensor, TensorStats] | TensorStats:
     """Merge one tensor of several fine-tunes of ``base`` (formulas in the module docstring).
 
@@ -262,11 +202,13 @@ def merge_tensors(
         normalize: divide by the weights of the contributing models; None = the method's default in ``compat``.
         scale: λ, a global factor on the merged task vector (not used by ``linear``).
         compat: ``paper`` (default), ``mergekit`` or ``peft`` semantics.
-        seed, tensor_name: DARE generator key, together with the model name and the block index.
+        seed, tensor_name: DARE generator key, together with the model name (see :func:`dare_keep_mask`).
         check_finite: raise :class:`MergeError` on a NaN/Inf in any input.
         return_stats: also return :class:`TensorStats`.
         sink: if given, each merged chunk (flat, base dtype, in order) is passed to it instead of being
-            assembled, and only the :class:`TensorStats` are returned (the streaming writer uses this).
+            assembled, and only the :class:`TensorStats` are returned (the streaming writer uses this). The
+            chunk is a reused buffer: it is valid only during the call.
+        threads: threads splitting each chunk (the kernels release the GIL); the result does not depend on it.
 
     Raises:
         MergeError: unknown method/mode, shape mismatch, bad density/drop rate/weights, non-finite input.
@@ -297,8 +239,8 @@ def merge_tensors(
 
     if method == "linear":
         total = sum(w) if norm and abs(sum(w)) >= 1e-8 else 1.0
-        for start in range(0, n, BLOCK):
-            stop = min(n, start + BLOCK)
+        for start in range(0, n, CHUNK):
+            stop = min(n, start + CHUNK)
             acc = torch.zeros(stop - start, dtype=torch.float32)
             for name, t, wi in zip(names, tuned_flat, w):
                 c = t[start:stop].float()
@@ -309,60 +251,23 @@ def merge_tensors(
         stats.kept_fraction = dict.fromkeys(names, 1.0)
         return _result(out, base, stats, return_stats, sink)
 
-    tvs = [
-        _TaskVector(name, base_flat, t, 1.0 - p, trim, seed, tensor_name)
-        for name, t in zip(names, tuned_flat)
-    ]
-    for tv in tvs:
-        _prepare(tv, n, dare, rescale, compat)
-
-    weights_t = torch.tensor(w, dtype=torch.float32).unsqueeze(1)  # [M, 1]
-    weight_signs = weights_t.sign()  # [M, 1]
-    kept = torch.zeros(len(tvs), dtype=torch.int64)
-    conflicts = 0
-    ties_like = method in ("ties", "dare_ties")
-    for start in range(0, n, BLOCK):
-        stop = min(n, start + BLOCK)
-        b = base_flat[start:stop].float()  # [C]
-        if check_finite:
-            _check_finite(b, tensor_name, "the base", start)
-        deltas = torch.empty(len(tvs), stop - start)  # [M, C]
-        for i, (tv, t) in enumerate(zip(tvs, tuned_flat)):
-            f = t[start:stop].float()  # [C]
-            if check_finite:
-                _check_finite(f, tensor_name, f"model {tv.name!r}", start)
-            tv.sparsify(torch.sub(f, b, out=deltas[i]), start)
-        signs = deltas.sign()  # [M, C]
-        kept += signs.abs().sum(1, dtype=torch.int64)  # faster than count_nonzero(dim=1) on CPU
-        conflicts += int(((signs.amax(0) > 0) & (signs.amin(0) < 0)).sum())
-        if ties_like:
-            if compat == "mergekit":  # elect on the weighted deltas
-                elect_signs = signs.mul_(weight_signs)
-                deltas.mul_(weights_t)
-                votes = deltas.sum(0) if sign == "mass" else elect_signs.sum(0)  # [C]
-            else:  # elect on the deltas themselves
-                elect_signs = signs
-                votes = deltas.sum(0) if sign == "mass" else signs.sum(0)  # [C]
-                deltas.mul_(weights_t)
-            elected = (votes >= 0).float().mul_(2.0).sub_(1.0)  # [C]; ±1, +1 on a tie
-            agree = elect_signs == elected  # [M, C]; zero deltas never agree
-            mixed = deltas.mul_(agree).sum(0)  # [C]
-            if norm:
-                if compat == "peft":
-                    divisor = agree.sum(0).clamp_(min=1).float()
-                else:
-                    divisor = (weights_t * agree).sum(0)
-                    divisor[divisor == 0] = 1.0
-                mixed.div_(divisor)
-        else:
-            mixed = deltas.mul_(weights_t).sum(0)  # [C]
-            if norm:
-                total = float(sum(w))
-                mixed.div_(total if abs(total) >= 1e-8 else 1.0)
-        emit(torch.add(b, mixed, alpha=scale).to(base.dtype))  # not in place: b may alias a float32 input
-    kept = kept.tolist()
-    stats.kept_fraction = {tv.name: (k / n if n else 1.0) for tv, k in zip(tvs, kept)}
-    stats.sign_conflict_fraction = conflicts / n if n else 0.0
+    with _Engine(base_flat, names, tuned_flat, n, threads) as eng:
+        eng.merge(
+            emit,
+            stats,
+            keys=[dare_seed(seed, tensor_name, nm) for nm in names],
+            keep_prob=1.0 - p,
+            trim=trim,
+            rescale=rescale and dare and p > 0.0,
+            weights=w,
+            mode=0 if method in ("task_arithmetic", "dare_linear") else _TIES_MODE[compat],
+            mass=sign == "mass",
+            norm=norm,
+            scale=scale,
+            compat=compat,
+            check=check_finite,
+            where=tensor_name,
+        )
     return _result(out, base, stats, return_stats, sink)
 
 
@@ -383,25 +288,275 @@ def _result(out, base, stats, return_stats, sink):
     return (result, stats) if return_stats else result
 
 
-def _prepare(tv: _TaskVector, n: int, dare: bool, rescale: bool, compat: str) -> None:
-    """Per-model passes before merging: the TIES threshold and the DARE rescale factor."""
-    if tv.density < 1.0:
-        k = int(tv.density * n)
-        if k == 0:
-            tv.threshold = Threshold(value=float("inf"), ties_to_keep=0)
-        else:
-            tv.threshold = kth_largest(tv.magnitudes(), k, tv.magnitudes_at)
-    if not (dare and rescale and tv.keep_prob < 1.0):
-        return
-    if compat != "mergekit":
-        tv.factor = 1.0 / tv.keep_prob
-        return
-    # mergekit >= 0.1 matches the L1 norm of the unpruned task vector instead of dividing by the density.
-    full = masked = 0.0
-    for start in range(0, n, BLOCK):
-        stop = min(n, start + BLOCK)
-        d = tv.delta(start, stop)
-        full += float(d.abs().sum(dtype=torch.float64))
-        masked += float(tv.masked(d, start).abs().sum(dtype=torch.float64))
-    if full >= _MERGEKIT_L1_EPS and masked >= _MERGEKIT_L1_EPS:
-        tv.factor = full / masked
+def _fill(src, start: int, dst: torch.Tensor) -> None:
+    """dst = flat entries [start, start + len(dst)) of a tensor or LazyTensor, converted to dst's dtype."""
+    read_into = getattr(src, "read_into", None)
+    if read_into is not None and src.dtype == dst.dtype:
+        read_into(start, dst)
+    else:
+        dst.copy_(src[start : start + dst.numel()])
+
+
+class _Engine:
+    """Chunk buffers and a thread pool for one tensor; runs the fused kernels of :mod:`_kernels` pass by pass.
+
+    Inputs are bf16 bit patterns (uint16) when the base and every model store bf16, else float32 (other
+    dtypes are converted chunk by chunk). Chunks are re-read from the sources on every pass (a
+    :class:`~tbi_merging.checkpoint.LazyTensor` reads straight into the buffers), so memory stays at
+    (models + 2) chunks whatever the tensor size.
+    """
+
+    def __init__(self, base, names: list[str], tuned: list, n: int, threads: int) -> None:
+        self.sources = [base, *tuned]
+        self.names = names
+        self.n = n
+        self.base_dtype = base.dtype
+        bf16 = all(s.dtype == torch.bfloat16 for s in self.sources)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        size = max(1, min(n, CHUNK))
+        self.buf = torch.empty(len(self.sources), size, dtype=dtype)  # [1 + M, C]: base, then models
+        self.out = torch.empty(size, dtype=dtype)
+        as_np = (lambda t: t.view(torch.uint16).numpy()) if bf16 else (lambda t: t.numpy())
+        self.b = as_np(self.buf[0])
+        self.t = as_np(self.buf[1:])  # [M, C], C-contiguous rows
+        self.out_np = as_np(self.out)
+        self.threads = max(1, int(threads))
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 and n >= _MIN_SPLIT else None
+
+    def __enter__(self) -> _Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def chunks(self):
+        """Yield (start, count) after filling the buffers with entries [start, start + count)."""
+        for start in range(0, self.n, CHUNK):
+            c = min(self.n, start + CHUNK) - start
+            for row, src in zip(self.buf, self.sources):
+                _fill(src, start, row[:c])
+            yield start, c
+
+    def ranges(self, c: int) -> list[tuple[int, int]]:
+        if self.pool is None or c < _MIN_SPLIT:
+            return [(0, c)]
+        step = -(-c // self.threads)
+        return [(lo, min(c, lo + step)) for lo in range(0, c, step)]
+
+    def run(self, fn, start: int, c: int) -> list:
+        """fn(r, lo, hi, start) over the ranges of the chunk at ``start`` (r = range number), on the pool."""
+        ranges = self.ranges(c)
+        if len(ranges) == 1:
+            return [fn(0, 0, c, start)]
+        return list(self.pool.map(lambda a: fn(a[0], *a[1], start), enumerate(ranges)))
+
+    def raise_bad(self, results, start: int, where: str) -> None:
+        for who, j in results:
+            if who != _kernels.OK:
+                model = "the base" if who < 0 else f"model {self.names[who]!r}"
+                raise MergeError(
+                    f"tensor {where!r} of {model} has a NaN/Inf value (flat index {start + j}); fix or "
+                    "re-export that checkpoint, or pass check_finite=False / --allow-nonfinite to merge anyway"
+                )
+
+    def thresholds(self, k: int, keys, keep_prob: float, dare: bool, check: bool, where: str):
+        """Per model: the float32 bit pattern of the k-th largest masked |δ_i| and the flat index below which
+        entries equal to it are kept (exactly k kept, ties in flat order).
+
+        A sample of the tensor brackets the k-th largest; one pass counts the entries above the bracket and
+        collects those inside it with their positions, among which the exact threshold and the tie cut are
+        found. If the bracket missed (or held too many entries), :meth:`radix_thresholds` does it exactly.
+        """
+        m = len(self.names)
+        lo_bits, hi_bits, cap = self._bracket(k, keys, keep_prob, dare)
+        ranges = self.ranges(min(self.n, CHUNK))
+        per = cap if len(ranges) == 1 else cap // len(ranges) + cap // 4 + 4096
+        above = [np.zeros(m, dtype=np.int64) for _ in ranges]
+        n_cand = [np.zeros(m, dtype=np.int64) for _ in ranges]
+        cand_bits = [np.empty((m, per), dtype=np.uint32) for _ in ranges]
+        cand_pos = [np.empty((m, per), dtype=np.int64) for _ in ranges]
+
+        def collect(r, lo, hi, start):
+            return _kernels.bracket_pass(
+                self.b, self.t, lo, hi, start, keys, keep_prob, dare, lo_bits, hi_bits, above[r],
+                cand_bits[r], cand_pos[r], n_cand[r], check,
+            )  # fmt: skip
+
+        for start, c in self.chunks():
+            self.raise_bad(self.run(collect, start, c), start, where)
+        thr = np.zeros(m, dtype=np.uint32)
+        cut = np.full(m, self.n, dtype=np.int64)
+        for i in range(m):
+            if any(nc[i] > per for nc in n_cand):
+                return self.radix_thresholds(k, keys, keep_prob, dare)
+            rank = k - sum(int(a[i]) for a in above)  # rank of the k-th largest among the candidates
+            bits = np.concatenate([cb[i, : nc[i]] for cb, nc in zip(cand_bits, n_cand)])
+            if not 1 <= rank <= bits.size:
+                return self.radix_thresholds(k, keys, keep_prob, dare)
+            thr[i] = np.partition(bits, bits.size - rank)[bits.size - rank]
+            keep_ties = rank - int((bits > thr[i]).sum())
+            pos = np.concatenate([cp[i, : nc[i]] for cp, nc in zip(cand_pos, n_cand)])
+            ties = np.sort(pos[bits == thr[i]])
+            if keep_ties < ties.size:
+                cut[i] = ties[keep_ties - 1] + 1
+        return thr, cut
+
+    def _bracket(self, k: int, keys, keep_prob: float, dare: bool):
+        """Bit-pattern bounds per model that hold the k-th largest masked |δ_i| with near certainty, from
+        _SAMPLE_BLOCKS evenly spaced blocks (everything for small tensors), and a candidate capacity."""
+        m, n = len(self.names), self.n
+        if n <= _SAMPLE_BLOCKS * _SAMPLE_LEN:
+            return np.zeros(m, dtype=np.uint32), np.full(m, 0xFFFFFFFF, dtype=np.uint32), n
+        size = _SAMPLE_BLOCKS * _SAMPLE_LEN
+        sample = np.empty((m, size), dtype=np.int64)
+        block = np.empty((m, _SAMPLE_LEN), dtype=np.uint32)
+        if n <= CHUNK:  # sample the chunk buffers (the passes reuse them without reading again)
+            next(self.chunks())
+            b, t, small = self.b, self.t, None
+        else:  # a few small reads
+            small = torch.empty(1 + m, _SAMPLE_LEN, dtype=self.buf.dtype)
+            bf16 = small.dtype == torch.bfloat16
+            arr = small.view(torch.uint16).numpy() if bf16 else small.numpy()  # views: _fill writes through
+            b, t = arr[0], arr[1:]
+        for r, start in enumerate(np.linspace(0, n - _SAMPLE_LEN, _SAMPLE_BLOCKS).astype(np.int64)):
+            start = int(start)
+            if small is None:
+                _kernels.magnitude_bits(b, t, start, start + _SAMPLE_LEN, 0, keys, keep_prob, dare, block)
+            else:
+                for row, src in zip(small, self.sources):
+                    _fill(src, start, row)
+                _kernels.magnitude_bits(b, t, 0, _SAMPLE_LEN, start, keys, keep_prob, dare, block)
+            sample[:, r * _SAMPLE_LEN : (r + 1) * _SAMPLE_LEN] = block
+        sample = -np.sort(-sample, axis=1)  # descending
+        q = k / n
+        margin = (
+            6.0 * (size * q * (1.0 - q)) ** 0.5 + size / 256
+        )  # binomial spread of the sample rank, + slack
+        top = int(q * size - margin)  # sample entries ranked above this are surely in the top k
+        bottom = int(q * size + margin) + 1
+        hi_bits = sample[:, top] if top >= 0 else np.full(m, 0xFFFFFFFF)
+        lo_bits = sample[:, bottom] if bottom < size else np.zeros(m)
+        inside = ((sample >= lo_bits[:, None]) & (sample <= hi_bits[:, None])).sum(1).max()  # ties included
+        cap = int(1.5 * n * inside / size) + 4096
+        return lo_bits.astype(np.uint32), hi_bits.astype(np.uint32), cap
+
+    def radix_thresholds(self, k: int, keys, keep_prob: float, dare: bool):
+        """:meth:`thresholds` without sampling: two histogram passes (radix select on the high, then the
+        low 16 bits of the bit patterns) and, when only some ties are kept, a partial third pass."""
+        m = len(self.names)
+        hists = [np.zeros((m, BINS), dtype=np.int64) for _ in range(self.threads)]
+        hibin = np.full(m, -1, dtype=np.int64)
+
+        def hist(r, lo, hi, start):
+            return _kernels.hist_pass(self.b, self.t, lo, hi, start, keys, keep_prob, dare, hibin, hists[r])
+
+        for start, c in self.chunks():
+            self.run(hist, start, c)
+        total_hi = sum(hists)
+        above_hi = np.zeros(m, dtype=np.int64)
+        for i in range(m):
+            hibin[i], above_hi[i] = find_bin(total_hi[i], k)
+        for h in hists:
+            h.fill(0)
+        for start, c in self.chunks():
+            self.run(hist, start, c)
+        total_lo = sum(hists)
+        thr = np.zeros(m, dtype=np.uint32)
+        cut = np.full(m, self.n, dtype=np.int64)  # keep every tie
+        need = np.zeros(m, dtype=np.int64)  # ties to keep when not all are
+        for i in range(m):
+            lo_bin, above_lo = find_bin(total_lo[i], k - int(above_hi[i]))
+            thr[i] = (int(hibin[i]) << 16) | lo_bin
+            keep_ties = k - int(above_hi[i]) - above_lo
+            if keep_ties < total_lo[i, lo_bin]:
+                need[i] = keep_ties
+        if need.any():
+            self._cut_ties(thr, need, cut, keys, keep_prob, dare)
+        return thr, cut
+
+    def _cut_ties(self, thr, need, cut, keys, keep_prob, dare) -> None:
+        """cut[i] = 1 + flat index of the need[i]-th tie of model i, for the models with need[i] > 0."""
+        m = len(self.names)
+        seen = np.zeros(m, dtype=np.int64)
+        active = need > 0
+        for start, c in self.chunks():
+            ranges = self.ranges(c)
+            counts = [np.zeros(m, dtype=np.int64) for _ in ranges]
+
+            def count(r, lo, hi, start, counts=counts):
+                _kernels.count_ties(
+                    self.b, self.t, lo, hi, start, keys, keep_prob, dare, thr, active, counts[r]
+                )
+
+            self.run(count, start, c)
+            for r, (lo, hi) in enumerate(ranges):
+                for i in np.flatnonzero(active):
+                    if seen[i] + counts[r][i] >= need[i]:
+                        j = _kernels.nth_tie(
+                            self.b,
+                            self.t,
+                            i,
+                            lo,
+                            hi,
+                            start,
+                            keys[i],
+                            keep_prob,
+                            dare,
+                            thr[i],
+                            need[i] - seen[i],
+                        )
+                        cut[i] = start + j + 1
+                        active[i] = False
+                    seen[i] += counts[r][i]
+            if not active.any():
+                return
+
+    def l1_factors(self, keys, keep_prob: float) -> np.ndarray:
+        """mergekit's DARE rescale per model: ‖δ_i‖₁ / ‖m_i ⊙ δ_i‖₁ (1 when either is below 1e-7)."""
+        sums = [np.zeros((len(self.names), 2)) for _ in range(self.threads)]
+
+        def l1(r, lo, hi, start):
+            _kernels.l1_pass(self.b, self.t, lo, hi, start, keys, keep_prob, sums[r])
+
+        for start, c in self.chunks():
+            self.run(l1, start, c)
+        full, masked = sum(sums).T
+        ok = (full >= _MERGEKIT_L1_EPS) & (masked >= _MERGEKIT_L1_EPS)
+        return np.where(ok, full / np.where(ok, masked, 1.0), 1.0)
+
+    def merge(self, emit, stats: TensorStats, *, keys, keep_prob, trim, rescale, weights, mode, mass, norm,
+              scale, compat, check, where) -> None:  # fmt: skip
+        m = len(self.names)
+        keys = np.array(keys, dtype=np.uint64)
+        dare = keep_prob < 1.0
+        thr = np.zeros(m, dtype=np.uint32)
+        cut = np.zeros(m, dtype=np.int64)
+        if trim < 1.0:
+            k = int(trim * self.n)
+            if k == 0:
+                thr[:] = 0x7F800000  # +inf: nothing finite is kept
+            else:
+                thr, cut = self.thresholds(k, keys, keep_prob, dare, check, where)
+                check = False
+        factor = np.ones(m)
+        if rescale:
+            factor = self.l1_factors(keys, keep_prob) if compat == "mergekit" else factor / keep_prob
+        w = np.array(weights, dtype=np.float64)
+        total = float(w.sum()) if abs(float(w.sum())) >= 1e-8 else 1.0
+        kept = [np.zeros(m, dtype=np.int64) for _ in range(self.threads)]
+        conflicts = [np.zeros(1, dtype=np.int64) for _ in range(self.threads)]
+
+        def fused(r, lo, hi, start):
+            return _kernels.merge_pass(
+                self.b, self.t, self.out_np, lo, hi, start, keys, keep_prob, dare, trim < 1.0, thr, cut,
+                factor, w, mode, mass, norm, total, scale, kept[r], conflicts[r], check,
+            )  # fmt: skip
+
+        for start, c in self.chunks():
+            self.raise_bad(self.run(fused, start, c), start, where)
+            chunk = self.out[:c]
+            emit(chunk if chunk.dtype == self.base_dtype else chunk.to(self.base_dtype))
+        n = self.n
+        stats.kept_fraction = {nm: (int(k) / n if n else 1.0) for nm, k in zip(self.names, sum(kept))}
+        stats.sign_conflict_fraction = int(sum(conflicts)[0]) / n if n else 0.0

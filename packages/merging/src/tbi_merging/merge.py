@@ -196,6 +196,7 @@ def _options(config: MergeConfig, item: _Item) -> dict:
         "compat": config.compat,
         "seed": config.seed,
         "check_finite": config.check_finite,
+        "threads": config.threads if config.threads is not None else torch.get_num_threads(),
     }
 
 
