@@ -10,8 +10,15 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
+import triton
 
-from tbi_vision_rope._triton_attention import _window_bounds, triton_windowed_rope_attention
+from tbi_vision_rope._triton_attention import (
+    _LOG2E,
+    _constexprs,
+    _fwd_kernel,
+    _window_bounds,
+    triton_windowed_rope_attention,
+)
 from tbi_vision_rope.errors import VisionRopeError
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -203,3 +210,32 @@ def _bad(**changes):
 def test_bad_input_raises_before_launch(changes, message):
     with pytest.raises(VisionRopeError, match=message):
         triton_windowed_rope_attention(**_bad(**changes))
+
+
+@pytest.mark.parametrize(
+    ("grids", "window", "head_dim", "rope_layout"),
+    [
+        (((16, 8),), 8, 80, "half"),  # two 8x8 windows (64 tokens each) in one 128-row tile
+        (((8, 16),), 4, 64, "interleaved"),  # eight 4x4 windows in one 128-row tile
+    ],
+)
+def test_forward_128_row_tile_packs_several_windows(grids, window, head_dim, rope_layout):
+    """The BLOCK_M = 128 forward configuration (launched directly: the interpreter autotunes over one 64-row
+    tile) holds all 128 tokens in a single query tile and still keeps every window to itself."""
+    q, k, v, seq_id, pos_h, pos_w, freq_h, freq_w = make_inputs(
+        grids, window, 2, head_dim, torch.float32, seed=7
+    )
+    t, h, _ = q.shape
+    assert t == 128
+    win_start, win_end = _window_bounds(seq_id, pos_h, pos_w, window)
+    out = torch.empty_like(q)
+    lse = torch.empty((t, h), dtype=torch.float32, device=DEVICE)
+    scale = head_dim**-0.5
+    grid = (triton.cdiv(t, 128), h)
+    assert grid[0] == 1
+    _fwd_kernel[grid](
+        q, k, v, out, lse, seq_id, pos_h, pos_w, freq_h, freq_w, win_start, win_end, t, h, window,
+        scale * _LOG2E, **_constexprs(q, window, rope_layout == "interleaved"), BLOCK_M=128, BLOCK_N=32,
+    )  # fmt: skip
+    want = reference(q, k, v, seq_id, pos_h, pos_w, freq_h, freq_w, window, rope_layout)
+    torch.testing.assert_close(out.double(), want, atol=1e-4, rtol=1e-4)

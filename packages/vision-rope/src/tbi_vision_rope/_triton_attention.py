@@ -13,7 +13,12 @@ Pairs are (j, j + D/2) for ``rope_layout="half"`` (rotate_half, Qwen2-VL) and (2
 How it is computed (one file, as in Triton's fused-attention tutorial: kernels, launcher,
 ``autograd.Function``):
 
-* q/k tiles are rotated in registers right after they are loaded; no rotated copy exists in memory.
+* q/k tiles are rotated in registers right after they are loaded; no rotated copy exists in memory. The
+  forward rotates in chunks of 16 pairs (cos/sin computed once per chunk of a tile) and never forms a
+  [rows, D] operand: q.k is a sum of per-chunk dots, keys are read transposed for the right-hand operand
+  and V / O in two column halves. This keeps every dot's result at least as tall as wide, so Triton puts
+  its warps on rows (not on columns, which replicated the left operand in every warp); the 128-row tile
+  that packs two 8x8 (or eight 4x4) windows compiles without spills.
 * Window membership is decided inside the kernel from the per-token (seq_id, pos_h, pos_w). Tokens are
   window-major, so the keys a query tile can see form one contiguous range
   ``[start of its first token's window, end of its last token's window)``; the per-token window start/end
@@ -23,7 +28,9 @@ How it is computed (one file, as in Triton's fused-attention tutorial: kernels, 
   one kernel per key tile for dK/dV and one per query tile for dQ, both recomputing P from the saved
   log-sum-exp. Frequency gradients use dR/dtheta = R J (J = [[0, -1], [1, 0]]):
   ``dL/dtheta = g2 * x1 - g1 * x2`` with g = dL/dx and x the unrotated pair, summed over tokens
-  weighted by pos_h (for freq_h) and pos_w (for freq_w) with fp32 atomics into [H, D/2].
+  weighted by pos_h (for freq_h) and pos_w (for freq_w) with fp32 atomics into [H, D/2]: in the dQ
+  kernel's epilogue for the queries, in a separate pass over (K, dK) for the keys (``_bwd_freq_kernel``;
+  dK is then produced in fp32 and cast), which frees the registers 32-row key tiles need.
 * Head dims 64/72/80/128: each member of the rotation pairs is a [rows, next_pow2(D/2)] register tile
   loaded with a column mask, so nothing is padded in memory (tensors stay [T, H, D]); see the README.
   The rotated members are joined pair by pair into one [rows, 2 next_pow2(D/2)] dot operand.
@@ -65,16 +72,16 @@ def _configs(kind: str, interpret: bool) -> list[triton.Config]:
     """Autotune configurations of kernel ``kind`` ("fwd", "bwd_dkdv" or "bwd_dq").
 
     BLOCK_M is the query tile, BLOCK_N the key tile, in every kernel. Every entry compiles without register
-    spills for sm_80 and sm_90 at head dim 128 (tests/test_triton_compile.py). In-kernel rotation keeps
-    fp32 pair tiles and cos/sin live next to the accumulators, so larger tiles (e.g. 128 x 64 forward,
-    32/64-row key tiles in dK/dV) spilled on sm_80 and were left out.
+    spills for sm_80 and sm_90 at head dim 128 (tests/test_triton_compile.py). Larger tiles spilled on
+    sm_80: forward 64 x 64 and 128 x 64; dK/dV with 32 or 64 query x 32 key rows or 64 key rows; dQ 64 x 32
+    and 64 x 64.
     """
     if interpret:
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
     table = {
-        "fwd": [(64, 32, 4, 2), (64, 64, 8, 1)],
-        "bwd_dkdv": [(32, 16, 8, 1)],
-        "bwd_dq": [(64, 16, 8, 1)],
+        "fwd": [(64, 32, 4, 2), (128, 32, 8, 1), (128, 32, 8, 2)],
+        "bwd_dkdv": [(32, 16, 8, 2), (16, 32, 8, 2)],
+        "bwd_dq": [(64, 16, 8, 1), (32, 32, 8, 1)],
     }[kind]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in table
@@ -88,29 +95,50 @@ def _configs(kind: str, interpret: bool) -> list[triton.Config]:
 
 @triton.jit
 def _load_pairs(X, rows, row_mask, stride_t, HALF: tl.constexpr, HALF_P: tl.constexpr,
-                INTERLEAVED: tl.constexpr, ROWS: tl.constexpr, VOLATILE: tl.constexpr = False):  # fmt: skip
-    """The two members of every rotation pair of a [ROWS, D] tile of one head, as fp32 [ROWS, HALF_P] each.
+                INTERLEAVED: tl.constexpr, ROWS: tl.constexpr, VOLATILE: tl.constexpr = False,
+                TRANS: tl.constexpr = False, J0: tl.constexpr = 0):  # fmt: skip
+    """The two members of every rotation pair of a [ROWS, D] tile of one head, as fp32 [ROWS, HALF_P] each
+    ([HALF_P, ROWS] with ``TRANS``).
 
     Interleaved pairs are read as one contiguous row (vectorised loads) and split into even/odd columns;
     half-split pairs are two contiguous column ranges. Columns at or beyond D/2 pairs are masked to zero.
     ``VOLATILE`` re-reads memory: it keeps CSE from merging a re-load after a loop with the load before it,
-    which would keep the earlier tile live in registers through the whole loop.
+    which would keep the earlier tile live in registers through the whole loop. ``TRANS`` reads the tile
+    transposed straight from memory, for the right-hand operand of a dot: transposing a computed register
+    tile instead made the compiler build that operand in a warp-replicated register layout.
     """
-    ptr = X + rows.to(tl.int64)[:, None] * stride_t
-    if INTERLEAVED:
-        cols = tl.arange(0, 2 * HALF_P)
-        x = tl.load(
-            ptr + cols[None, :],
-            mask=row_mask[:, None] & (cols < 2 * HALF)[None, :],
-            other=0.0,
-            volatile=VOLATILE,
-        )
-        x1, x2 = tl.split(tl.reshape(x, [ROWS, HALF_P, 2]))
+    if TRANS:
+        ptr = X + rows.to(tl.int64)[None, :] * stride_t
     else:
-        j = tl.arange(0, HALF_P)
-        mask = row_mask[:, None] & (j < HALF)[None, :]
-        x1 = tl.load(ptr + j[None, :], mask=mask, other=0.0, volatile=VOLATILE)
-        x2 = tl.load(ptr + HALF + j[None, :], mask=mask, other=0.0, volatile=VOLATILE)
+        ptr = X + rows.to(tl.int64)[:, None] * stride_t
+    if INTERLEAVED:
+        cols = 2 * J0 + tl.arange(0, 2 * HALF_P)
+        if TRANS:
+            x = tl.load(
+                ptr + cols[:, None],
+                mask=row_mask[None, :] & (cols < 2 * HALF)[:, None],
+                other=0.0,
+                volatile=VOLATILE,
+            )
+            x1, x2 = tl.split(tl.permute(tl.reshape(x, [HALF_P, 2, ROWS]), (0, 2, 1)))
+        else:
+            x = tl.load(
+                ptr + cols[None, :],
+                mask=row_mask[:, None] & (cols < 2 * HALF)[None, :],
+                other=0.0,
+                volatile=VOLATILE,
+            )
+            x1, x2 = tl.split(tl.reshape(x, [ROWS, HALF_P, 2]))
+    else:
+        j = J0 + tl.arange(0, HALF_P)
+        if TRANS:
+            mask = row_mask[None, :] & (j < HALF)[:, None]
+            x1 = tl.load(ptr + j[:, None], mask=mask, other=0.0, volatile=VOLATILE)
+            x2 = tl.load(ptr + HALF + j[:, None], mask=mask, other=0.0, volatile=VOLATILE)
+        else:
+            mask = row_mask[:, None] & (j < HALF)[None, :]
+            x1 = tl.load(ptr + j[None, :], mask=mask, other=0.0, volatile=VOLATILE)
+            x2 = tl.load(ptr + HALF + j[None, :], mask=mask, other=0.0, volatile=VOLATILE)
     return x1.to(tl.float32), x2.to(tl.float32)
 
 
@@ -133,15 +161,18 @@ def _store_pairs(X, rows, row_mask, stride_t, x1, x2, HALF: tl.constexpr, HALF_P
 
 
 @triton.jit
-def _rope_cos_sin(ph, pw, fh, fw):  # -> cos, sin [R, HALF_P] fp32
-    """cos/sin of theta[r, j] = pos_h[r] * freq_h[j] + pos_w[r] * freq_w[j].
+def _rope_cos_sin(ph, pw, fh, fw, TRANS: tl.constexpr = False):  # -> cos, sin [R, HALF_P] fp32
+    """cos/sin of theta[r, j] = pos_h[r] * freq_h[j] + pos_w[r] * freq_w[j] ([HALF_P, R] with ``TRANS``).
 
     Plain fp32 arithmetic instead of tl.cos/tl.sin: libdevice's exact sinf/cosf inline a long slow path
     per element that pushed every configuration to 255 registers with spills. Here theta = k pi/2 + r,
     with r from a three-part Cody-Waite reduction (|r| <= pi/4, exact products for |k| < 2^16), then
     Cephes' minimax polynomials (abs. error ~1e-7) and the quadrant k mod 4 picks signs and swaps.
     """
-    theta = ph.to(tl.float32)[:, None] * fh[None, :] + pw.to(tl.float32)[:, None] * fw[None, :]
+    if TRANS:
+        theta = fh[:, None] * ph.to(tl.float32)[None, :] + fw[:, None] * pw.to(tl.float32)[None, :]
+    else:
+        theta = ph.to(tl.float32)[:, None] * fh[None, :] + pw.to(tl.float32)[:, None] * fw[None, :]
     k = tl.floor(theta * 0.6366197723675814 + 0.5)
     r = theta - k * 1.5703125
     r = r - k * 4.837512969970703125e-4
@@ -165,7 +196,7 @@ def _rope_cos_sin(ph, pw, fh, fw):  # -> cos, sin [R, HALF_P] fp32
 @triton.jit
 def _load_rotated(X, rows, row_mask, stride_t, cos, sin, HALF: tl.constexpr, HALF_P: tl.constexpr,
                   INTERLEAVED: tl.constexpr, ROWS: tl.constexpr):  # fmt: skip
-    """Load a [ROWS, D] tile of one head and rotate each pair by its angle: [ROWS, 2 HALF_P] fp32.
+    """Load a [ROWS, D] tile of one head and rotate each pair by its angle: [ROWS, 2 HALF_P] fp32 (backward).
 
     The result holds pair j in columns (2j, 2j + 1) whatever the memory layout; q and k use the same order,
     so one dot over 2 HALF_P columns is the rotated q.k. The join/reshape also keeps the compiler from
@@ -179,6 +210,32 @@ def _load_rotated(X, rows, row_mask, stride_t, cos, sin, HALF: tl.constexpr, HAL
 def _split_pairs(x, ROWS: tl.constexpr, HALF_P: tl.constexpr):
     """[ROWS, 2 HALF_P] in pair order -> the two members [ROWS, HALF_P] each."""
     return tl.split(tl.reshape(x, [ROWS, HALF_P, 2]))
+
+
+@triton.jit
+def _load_halves(X, rows, row_mask, stride_t, HEAD_DIM: tl.constexpr, D_P: tl.constexpr):
+    """Columns [0, D_P/2) and [D_P/2, D_P) of a [rows, D] tile (masked at D): [rows, D_P/2] each.
+
+    Two half-width operands instead of one [rows, D_P] tile: with every dot's result at least as tall as
+    it is wide, Triton's chained-dot heuristic spreads warps over rows instead of columns (which had
+    replicated the whole left operand in every warp's registers).
+    """
+    c = tl.arange(0, D_P // 2)
+    ptr = X + rows.to(tl.int64)[:, None] * stride_t + c[None, :]
+    a = tl.load(ptr, mask=row_mask[:, None] & (c < HEAD_DIM)[None, :], other=0.0)
+    b = tl.load(ptr + D_P // 2, mask=row_mask[:, None] & (c + D_P // 2 < HEAD_DIM)[None, :], other=0.0)
+    return a, b
+
+
+@triton.jit
+def _store_halves(X, rows, row_mask, stride_t, a, b, HEAD_DIM: tl.constexpr, D_P: tl.constexpr):
+    """Inverse of _load_halves."""
+    c = tl.arange(0, D_P // 2)
+    ptr = X + rows.to(tl.int64)[:, None] * stride_t + c[None, :]
+    tl.store(ptr, a.to(X.dtype.element_ty), mask=row_mask[:, None] & (c < HEAD_DIM)[None, :])
+    tl.store(
+        ptr + D_P // 2, b.to(X.dtype.element_ty), mask=row_mask[:, None] & (c + D_P // 2 < HEAD_DIM)[None, :]
+    )
 
 
 @triton.jit
@@ -212,6 +269,28 @@ def _accumulate_freq_grad(DFreqH, DFreqW, h, j, j_mask, g1, g2, x1, x2, ph, pw, 
 
 
 @triton.jit
+def _qk_chunk(X, rows, row_mask, stride_t, ph, pw, FreqH, FreqW, h, HALF: tl.constexpr, CH: tl.constexpr,
+              J0: tl.constexpr, INTERLEAVED: tl.constexpr, ROWS: tl.constexpr, TRANS: tl.constexpr,
+              LOWP: tl.constexpr):  # fmt: skip
+    """Rotated pair members of pairs [J0, J0 + CH) of a q/k tile: [ROWS, CH] x2 ([CH, ROWS] with TRANS).
+
+    cos/sin are computed for just these pairs, so a tile is rotated in chunks and the polynomial's
+    temporaries cover CH columns at a time (registers).
+    """
+    j = J0 + tl.arange(0, CH)
+    fh = tl.load(FreqH + h * HALF + j, mask=j < HALF, other=0.0)
+    fw = tl.load(FreqW + h * HALF + j, mask=j < HALF, other=0.0)
+    cos, sin = _rope_cos_sin(ph, pw, fh, fw, TRANS)
+    x1, x2 = _load_pairs(X, rows, row_mask, stride_t, HALF, CH, INTERLEAVED, ROWS, False, TRANS, J0)
+    y1 = x1 * cos - x2 * sin
+    y2 = x2 * cos + x1 * sin
+    if LOWP:
+        y1 = y1.to(X.dtype.element_ty)
+        y2 = y2.to(X.dtype.element_ty)
+    return y1, y2
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, Out, Lse,  # [T, H, D] x4, [T, H] fp32
     SeqId, PosH, PosW, FreqH, FreqW,  # [T] int32 x3, [H, D/2] fp32 x2
@@ -224,16 +303,8 @@ def _fwd_kernel(
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     stride_t = H * HEAD_DIM
-    q_ptr = Q + h * HEAD_DIM
-    k_ptr = K + h * HEAD_DIM
-    v_ptr = V + h * HEAD_DIM
-
-    j = tl.arange(0, HALF_P)
-    j_mask = j < HALF
-    d = tl.arange(0, D_P)
-    d_mask = d < HEAD_DIM
-    fh = tl.load(FreqH + h * HALF + j, mask=j_mask, other=0.0)  # [HALF_P]
-    fw = tl.load(FreqW + h * HALF + j, mask=j_mask, other=0.0)  # [HALF_P]
+    head_off = h * HEAD_DIM
+    CH: tl.constexpr = 16  # pairs per rotation chunk (the smallest bf16 MMA depth)
 
     m_start = pid_m * BLOCK_M
     offs_m = m_start + tl.arange(0, BLOCK_M)
@@ -242,10 +313,17 @@ def _fwd_kernel(
     ph_m = tl.load(PosH + offs_m, mask=m_mask, other=0)
     pw_m = tl.load(PosW + offs_m, mask=m_mask, other=0)
     wh_m, ww_m = _window_keys(ph_m, pw_m, window, GLOBAL)
-    cos_m, sin_m = _rope_cos_sin(ph_m, pw_m, fh, fw)
-    q = _load_rotated(q_ptr, offs_m, m_mask, stride_t, cos_m, sin_m, HALF, HALF_P, INTERLEAVED, BLOCK_M)
-    if LOWP:
-        q = q.to(Q.dtype.element_ty)  # [BLOCK_M, 2 HALF_P]
+    q_ptr = Q + head_off
+    # rot(q) in chunks of CH pairs, [BLOCK_M, CH] per member: 2 chunks for D = 64, 4 otherwise.
+    q1a, q2a = _qk_chunk(q_ptr, offs_m, m_mask, stride_t, ph_m, pw_m, FreqH, FreqW, h, HALF, CH, 0, INTERLEAVED,
+                         BLOCK_M, False, LOWP)  # fmt: skip
+    q1b, q2b = _qk_chunk(q_ptr, offs_m, m_mask, stride_t, ph_m, pw_m, FreqH, FreqW, h, HALF, CH, CH, INTERLEAVED,
+                         BLOCK_M, False, LOWP)  # fmt: skip
+    if HALF_P // CH == 4:
+        q1c, q2c = _qk_chunk(q_ptr, offs_m, m_mask, stride_t, ph_m, pw_m, FreqH, FreqW, h, HALF, CH, 2 * CH,
+                             INTERLEAVED, BLOCK_M, False, LOWP)  # fmt: skip
+        q1d, q2d = _qk_chunk(q_ptr, offs_m, m_mask, stride_t, ph_m, pw_m, FreqH, FreqW, h, HALF, CH, 3 * CH,
+                             INTERLEAVED, BLOCK_M, False, LOWP)  # fmt: skip
 
     # Keys of this tile's windows: [window start of its first token, window end of its last token).
     lo = tl.load(WinStart + m_start)
@@ -255,7 +333,9 @@ def _fwd_kernel(
     # A finite initial max keeps exp2(m_i - m_new) at 1 while a row has only seen masked keys.
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D_P], dtype=tl.float32)
+    acc_a = tl.zeros([BLOCK_M, D_P // 2], dtype=tl.float32)  # output columns [0, D_P/2)
+    acc_b = tl.zeros([BLOCK_M, D_P // 2], dtype=tl.float32)  # output columns [D_P/2, D_P)
+    k_ptr = K + head_off
     for n_start in range(lo, hi, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         n_mask = offs_n < hi
@@ -263,40 +343,48 @@ def _fwd_kernel(
         ph_n = tl.load(PosH + offs_n, mask=n_mask, other=0)
         pw_n = tl.load(PosW + offs_n, mask=n_mask, other=0)
         wh_n, ww_n = _window_keys(ph_n, pw_n, window, GLOBAL)
-        cos_n, sin_n = _rope_cos_sin(ph_n, pw_n, fh, fw)
-        k = _load_rotated(k_ptr, offs_n, n_mask, stride_t, cos_n, sin_n, HALF, HALF_P, INTERLEAVED, BLOCK_N)
-        v = tl.load(
-            v_ptr + offs_n.to(tl.int64)[:, None] * stride_t + d[None, :],
-            mask=n_mask[:, None] & d_mask[None, :],
-            other=0.0,
-        )  # [BLOCK_N, D_P]
-        if LOWP:
-            k = k.to(K.dtype.element_ty)
-        else:
-            v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+        # rot(k)^T chunk by chunk, [CH, BLOCK_N] per member, loaded transposed (right-hand dot operand):
+        # cos/sin polynomials over whole [D/2, BLOCK_N] tiles had spilled.
+        k1, k2 = _qk_chunk(k_ptr, offs_n, n_mask, stride_t, ph_n, pw_n, FreqH, FreqW, h, HALF, CH, 0,
+                           INTERLEAVED, BLOCK_N, True, LOWP)  # fmt: skip
+        s = tl.dot(q1a, k1, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+        s = tl.dot(q2a, k2, acc=s, input_precision=DOT_PRECISION)
+        k1, k2 = _qk_chunk(k_ptr, offs_n, n_mask, stride_t, ph_n, pw_n, FreqH, FreqW, h, HALF, CH, CH,
+                           INTERLEAVED, BLOCK_N, True, LOWP)  # fmt: skip
+        s = tl.dot(q1b, k1, acc=s, input_precision=DOT_PRECISION)
+        s = tl.dot(q2b, k2, acc=s, input_precision=DOT_PRECISION)
+        if HALF_P // CH == 4:
+            k1, k2 = _qk_chunk(k_ptr, offs_n, n_mask, stride_t, ph_n, pw_n, FreqH, FreqW, h, HALF, CH, 2 * CH,
+                               INTERLEAVED, BLOCK_N, True, LOWP)  # fmt: skip
+            s = tl.dot(q1c, k1, acc=s, input_precision=DOT_PRECISION)
+            s = tl.dot(q2c, k2, acc=s, input_precision=DOT_PRECISION)
+            k1, k2 = _qk_chunk(k_ptr, offs_n, n_mask, stride_t, ph_n, pw_n, FreqH, FreqW, h, HALF, CH, 3 * CH,
+                               INTERLEAVED, BLOCK_N, True, LOWP)  # fmt: skip
+            s = tl.dot(q1d, k1, acc=s, input_precision=DOT_PRECISION)
+            s = tl.dot(q2d, k2, acc=s, input_precision=DOT_PRECISION)
         allowed = (
             (seq_m[:, None] == seq_n[None, :])
             & (wh_m[:, None] == wh_n[None, :])
             & (ww_m[:, None] == ww_n[None, :])
         )
         s = tl.where(allowed, s * qk_scale, float("-inf"))
+        va, vb = _load_halves(V + head_off, offs_n, n_mask, stride_t, HEAD_DIM, D_P)  # [BLOCK_N, D_P/2] x2
+        if not LOWP:
+            va = va.to(tl.float32)
+            vb = vb.to(tl.float32)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc=acc, input_precision=DOT_PRECISION)  # [BLOCK_M, D_P]
+        p = p.to(va.dtype)
+        acc_a = tl.dot(p, va, acc=acc_a * alpha[:, None], input_precision=DOT_PRECISION)  # [BLOCK_M, D_P/2]
+        acc_b = tl.dot(p, vb, acc=acc_b * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
 
     # Padding rows (beyond T) saw no key; keep them finite, they are not stored.
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-    acc = acc / l_safe[:, None]
-    tl.store(
-        Out + offs_m.to(tl.int64)[:, None] * stride_t + h * HEAD_DIM + d[None, :],
-        acc.to(Out.dtype.element_ty),
-        mask=m_mask[:, None] & d_mask[None, :],
-    )
+    _store_halves(Out + head_off, offs_m, m_mask, stride_t, acc_a / l_safe[:, None], acc_b / l_safe[:, None],
+                  HEAD_DIM, D_P)  # fmt: skip
     tl.store(Lse + offs_m * H + h, m_i + tl.log2(l_safe), mask=m_mask)
 
 
@@ -320,14 +408,18 @@ def _bwd_delta_kernel(Out, DOut, Delta, T, H, HEAD_DIM: tl.constexpr, D_P: tl.co
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DOut, Lse, Delta, DK, DV, DFreqH, DFreqW,
+    Q, K, V, DOut, Lse, Delta, DK, DV,
     SeqId, PosH, PosW, FreqH, FreqW, WinStart, WinEnd,
     T, H, window, sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, HALF: tl.constexpr, HALF_P: tl.constexpr, D_P: tl.constexpr,
     INTERLEAVED: tl.constexpr, GLOBAL: tl.constexpr, LOWP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    FREQ_GRAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """One program per (key tile, head): dV = P^T dO, dK = R^T (scale dS^T rot(Q)), dS = P (dP - delta)."""
+    """One program per (key tile, head): dV = P^T dO, dK = R^T (scale dS^T rot(Q)), dS = P (dP - delta).
+
+    The keys' frequency gradients come from the stored dK in _bwd_freq_kernel: in this kernel their
+    epilogue pushed 32-row key tiles into spills.
+    """
     pid_n = tl.program_id(0)
     h = tl.program_id(1)
     stride_t = H * HEAD_DIM
@@ -410,11 +502,6 @@ def _bwd_dkdv_kernel(
     # Back to the unrotated frame: dk = R^T dk'.
     dk_a = dk1 * cos_n + dk2 * sin_n
     dk_b = dk2 * cos_n - dk1 * sin_n
-    if FREQ_GRAD:
-        k_a, k_b = _load_pairs(
-            K + head_off, offs_n, n_mask, stride_t, HALF, HALF_P, INTERLEAVED, BLOCK_N, True
-        )
-        _accumulate_freq_grad(DFreqH, DFreqW, h, j, j_mask, dk_a, dk_b, k_a, k_b, ph_n, pw_n, HALF)
     _store_pairs(DK + head_off, offs_n, n_mask, stride_t, dk_a, dk_b, HALF, HALF_P, INTERLEAVED, BLOCK_N)
 
 
@@ -513,14 +600,29 @@ def _bwd_dq_kernel(
     _store_pairs(DQ + head_off, offs_m, m_mask, stride_t, dq_a, dq_b, HALF, HALF_P, INTERLEAVED, BLOCK_M)
 
 
+@triton.jit
+def _bwd_freq_kernel(X, DX, PosH, PosW, DFreqH, DFreqW, T, H, HEAD_DIM: tl.constexpr, HALF: tl.constexpr,
+                     HALF_P: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    """dfreq_h/w[h, :] += frequency gradients of a [BLOCK, D] tile of one head from the stored x and dL/dx.
+
+    A separate pass for the keys (x = K, dx = dK): one read of K and dK per call with learnable frequencies.
+    """
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    h = tl.program_id(1)
+    row_mask = rows < T
+    stride_t = H * HEAD_DIM
+    ph = tl.load(PosH + rows, mask=row_mask, other=0)
+    pw = tl.load(PosW + rows, mask=row_mask, other=0)
+    x1, x2 = _load_pairs(X + h * HEAD_DIM, rows, row_mask, stride_t, HALF, HALF_P, INTERLEAVED, BLOCK)
+    g1, g2 = _load_pairs(DX + h * HEAD_DIM, rows, row_mask, stride_t, HALF, HALF_P, INTERLEAVED, BLOCK)
+    j = tl.arange(0, HALF_P)
+    _accumulate_freq_grad(DFreqH, DFreqW, h, j, j < HALF, g1, g2, x1, x2, ph, pw, HALF)
+
+
 _TUNE_KEY = ["HEAD_DIM", "GLOBAL", "INTERLEAVED", "LOWP"]
 _INTERPRET = bool(triton.knobs.runtime.interpret)
 _fwd = triton.autotune(configs=_configs("fwd", _INTERPRET), key=_TUNE_KEY)(_fwd_kernel)
-_bwd_dkdv = triton.autotune(
-    configs=_configs("bwd_dkdv", _INTERPRET),
-    key=[*_TUNE_KEY, "FREQ_GRAD"],
-    reset_to_zero=["DFreqH", "DFreqW"],
-)(_bwd_dkdv_kernel)
+_bwd_dkdv = triton.autotune(configs=_configs("bwd_dkdv", _INTERPRET), key=_TUNE_KEY)(_bwd_dkdv_kernel)
 _bwd_dq = triton.autotune(
     configs=_configs("bwd_dq", _INTERPRET), key=[*_TUNE_KEY, "FREQ_GRAD"], reset_to_zero=["DFreqH", "DFreqW"]
 )(_bwd_dq_kernel)
@@ -667,13 +769,20 @@ class _WindowedRopeAttention(torch.autograd.Function):
         )
 
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)  # [T, H, D]
-        # Separate frequency-gradient buffers per kernel: each autotuner zeroes its own while tuning.
+        if freq_grad:  # the frequency pass reads dK: unrounded, as the in-kernel sums over tokens cancel
+            dk = torch.empty_like(k, dtype=torch.float32)
+        # Separate frequency-gradient buffers: the dQ autotuner zeroes its own while tuning.
         dfreq = [torch.zeros((h, d // 2), device=q.device, dtype=torch.float32) for _ in range(4)]
         common = (seq_id, pos_h, pos_w, freq_h, freq_w, win_start, win_end, t, h, max(window, 1))
         _bwd_dkdv[lambda m: (triton.cdiv(t, m["BLOCK_N"]), h)](
-            q, k, v, dout, lse, delta, dk, dv, dfreq[0], dfreq[1], *common, scale, scale * _LOG2E,
-            FREQ_GRAD=freq_grad, **meta,
-        )  # fmt: skip
+            q, k, v, dout, lse, delta, dk, dv, *common, scale, scale * _LOG2E, **meta
+        )
+        if freq_grad:
+            _bwd_freq_kernel[(triton.cdiv(t, rows), h)](
+                k, dk, pos_h, pos_w, dfreq[0], dfreq[1], t, h, HEAD_DIM=d, HALF=d // 2, HALF_P=meta["HALF_P"],
+                INTERLEAVED=meta["INTERLEAVED"], BLOCK=rows,
+            )  # fmt: skip
+            dk = dk.to(k.dtype)
         _bwd_dq[lambda m: (triton.cdiv(t, m["BLOCK_M"]), h)](
             q, k, v, dout, lse, delta, dq, dfreq[2], dfreq[3], *common, scale, scale * _LOG2E,
             FREQ_GRAD=freq_grad, **meta,
@@ -742,7 +851,7 @@ class KernelResources:
     """Resource usage of one kernel configuration compiled for one GPU architecture (from ``ptxas -v``)."""
 
     kernel: str
-    """Kernel name: "fwd", "bwd_dkdv", "bwd_dq" or "bwd_delta"."""
+    """Kernel name: "fwd", "bwd_dkdv", "bwd_dq", "bwd_delta" or "bwd_freq"."""
     arch: int
     """Compute capability, e.g. 80 (A100) or 90 (H100)."""
     head_dim: int
@@ -856,9 +965,10 @@ def compile_resource_usage(
     type_name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
     kernels = {
         "fwd": (mod._fwd_kernel, _configs("fwd", False), {}),
-        "bwd_dkdv": (mod._bwd_dkdv_kernel, _configs("bwd_dkdv", False), {"FREQ_GRAD": freq_grad}),
+        "bwd_dkdv": (mod._bwd_dkdv_kernel, _configs("bwd_dkdv", False), {}),
         "bwd_dq": (mod._bwd_dq_kernel, _configs("bwd_dq", False), {"FREQ_GRAD": freq_grad}),
         "bwd_delta": (mod._bwd_delta_kernel, [triton.Config({"BLOCK": 64}, num_warps=4, num_stages=1)], {}),
+        "bwd_freq": (mod._bwd_freq_kernel, [triton.Config({"BLOCK": 64}, num_warps=4, num_stages=1)], {}),
     }
     rows = []
     for arch in archs:
