@@ -1,4 +1,5 @@
-"""Data-parallel scaling on the CPU: the tiny preset with 1 and 2 processes (DDP over gloo, DeepSpeed ZeRO-2).
+"""Data-parallel scaling on the CPU: the tiny preset with 1 and 2 processes (DDP over gloo, DeepSpeed ZeRO-2
+and ZeRO-3, FSDP2).
 
 Weak scaling: every process takes a micro-batch of `BATCH` samples, so 2 processes train twice the samples per
 step; the ratio is total samples/s (median over the steps after the first) of 2 processes over 1.
@@ -51,8 +52,8 @@ def _samples_per_s(run):
 
 
 @pytest.mark.slow  # two process launches of ~30 s each on the shared CPU
-@pytest.mark.parametrize("kind", ["ddp", "deepspeed"])
-def test_bench_two_process_scaling(benchmark, tmp_path, kind):
+@pytest.mark.parametrize(("kind", "stage"), [("ddp", 2), ("deepspeed", 2), ("deepspeed", 3), ("fsdp2", 2)])
+def test_bench_two_process_scaling(benchmark, tmp_path, kind, stage):
     steps = int(os.environ.get("TBI_BENCH_SCALE_STEPS", "4"))
     data = _data(tmp_path / "data")
     overrides = [f"data.train={data}", "eval.at_start=false", "eval.limit=0", "checkpoint.every_steps=0",
@@ -61,12 +62,13 @@ def test_bench_two_process_scaling(benchmark, tmp_path, kind):
     launch_training(cfg, tmp_path / "one", LaunchConfig("none"), EngineConfig("ddp"))
     benchmark.pedantic(
         launch_training,
-        args=(cfg, tmp_path / "two", LaunchConfig("torchrun", nproc=2), EngineConfig(kind)),
+        args=(cfg, tmp_path / "two", LaunchConfig("torchrun", nproc=2), EngineConfig(kind, zero_stage=stage)),
         rounds=1,
         iterations=1,
     )
     one, two = _samples_per_s(tmp_path / "one"), _samples_per_s(tmp_path / "two")
     ratio = two / one
-    print(f"\n{kind}: 1 process {one:.1f} samples/s, 2 processes {two:.1f} samples/s, scaling {ratio:.2f}x")
+    name = f"{kind} ZeRO-{stage}" if kind == "deepspeed" else kind
+    print(f"\n{name}: 1 process {one:.1f} samples/s, 2 processes {two:.1f} samples/s, scaling {ratio:.2f}x")
     benchmark.extra_info.update({"samples_per_s_1": one, "samples_per_s_2": two, "scaling": ratio})
     assert one > 0 and two > 0

@@ -123,12 +123,13 @@ def test_bad_launch_options_are_named():
     with pytest.raises(TrainError, match="nonfinite_loss=skip needs the ddp engine"):
         cfg = resolve_config("tiny", overrides=["nonfinite_loss=skip"])
         make_engine(EngineConfig("deepspeed"), cfg, cfg.phases[0])
+    with pytest.raises(TrainError, match="nonfinite_loss=skip needs the ddp engine \\(fsdp2 has"):
+        cfg = resolve_config("tiny", overrides=["nonfinite_loss=skip"])
+        make_engine(EngineConfig("fsdp2"), cfg, cfg.phases[0])
     cfg = resolve_config("tiny")
-    with pytest.raises(TrainError, match="zero_stage=3 is not supported by `tbi train` yet"):
-        make_engine(EngineConfig("deepspeed", zero_stage=3), cfg, cfg.phases[0])
     with pytest.raises(TrainError, match="zero_stage=0 is plain data parallelism: use the ddp engine"):
         make_engine(EngineConfig("deepspeed", zero_stage=0), cfg, cfg.phases[0])
-    with pytest.raises(TrainError, match="engine 'fsdp' is not known"):
+    with pytest.raises(TrainError, match="engine 'fsdp' is not known; use 'ddp', 'deepspeed' or 'fsdp2'"):
         make_engine(EngineConfig("fsdp"), cfg, cfg.phases[0])
 
 

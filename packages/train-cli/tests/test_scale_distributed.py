@@ -1,6 +1,6 @@
-"""Data-parallel training is the same training: 2 processes (DDP over gloo, DeepSpeed ZeRO-2) x batch b equal
-1 process x batch 2b and 1 process x batch b x 2 accumulation steps; a killed rank stops the job with its name;
-checkpoints cross-resume between 2 processes and 1."""
+"""Data-parallel training is the same training: 2 processes (DDP over gloo, DeepSpeed ZeRO-2 and ZeRO-3,
+FSDP2) x batch b equal 1 process x batch 2b and 1 process x batch b x 2 accumulation steps; a killed rank stops
+the job with its name; checkpoints cross-resume between 2 processes and 1 and between engines."""
 
 import json
 import multiprocessing
@@ -65,10 +65,12 @@ def colour_data(tmp_path_factory):
     return root / "train.json"
 
 
-def _cfg(data, batch, accum, steps=(2, 2, 2), every=0):
+def _cfg(data, batch, accum, steps=(2, 2, 2), every=0, evals=False):
     # LoRA dropout off: equal training needs the same forward on every layout (dropout masks differ per rank).
     overrides = [f"data.train={data}", "eval.at_start=false", "eval.limit=0", "model.peft.lm.dropout=0",
                  f"checkpoint.every_steps={every}", "checkpoint.keep_last=1"]  # fmt: skip
+    if evals:  # greedy generation on 2 samples after every step (it must not change the training)
+        overrides += [f"data.val={data}", "eval.limit=2", "eval.every_steps=1", "eval.max_new_tokens=3"]
     for p, n in enumerate(steps):
         overrides += [f"phases.{p}.steps={n}", f"phases.{p}.warmup_steps=1",
                       f"phases.{p}.batch_size={batch}", f"phases.{p}.grad_accum={accum}"]  # fmt: skip
@@ -115,13 +117,45 @@ def test_accumulation_equals_one_big_batch(references):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kind", "offload"), [("ddp", False), ("deepspeed", False), ("deepspeed", True)])
-def test_two_processes_match_one_process(kind, offload, colour_data, references, tmp_path):
+def test_checkpoint_state_holds_no_weights(references):
+    # The weights live once, in model/; state/ has only what resuming needs besides them.
+    checkpoint = references[0] / "checkpoints" / "01-vision_projector-step0000002-end"
+    state = checkpoint / "state"
+    assert {p.name for p in state.iterdir()} == {
+        "optimizer_full.safetensors", "engine.json", "scheduler.json", "rng_0.safetensors"
+    }  # fmt: skip
+    moments = load_file(str(state / "optimizer_full.safetensors"))
+    weights = load_file(str(checkpoint / "model" / "model.safetensors"))
+    names = {k.rsplit("/", 1)[0] for k in moments}
+    assert names and names < set(weights)  # only trained parameters, by their weight names
+    for name in names:
+        assert moments[f"{name}/exp_avg"].shape == weights[name].shape
+        assert moments[f"{name}/step"].item() == 2
+    assert json.loads((state / "engine.json").read_text()) == {"kind": "ddp", "world_size": 1, "adam_step": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "stage", "offload"),
+    [
+        ("ddp", 2, False),
+        ("deepspeed", 2, False),
+        ("deepspeed", 2, True),
+        ("deepspeed", 3, False),
+        ("fsdp2", 2, False),
+    ],
+)
+def test_two_processes_match_one_process(kind, stage, offload, colour_data, references, tmp_path):
     run = tmp_path / kind
-    engine = EngineConfig(kind, zero_stage=2, offload_optimizer=offload)
-    result = launch_training(_cfg(colour_data, 2, 1), run, LaunchConfig("torchrun", nproc=2), engine)
+    engine = EngineConfig(kind, zero_stage=stage, offload_optimizer=offload)
+    # The sharded engines also gather their weights for evaluations mid-phase and at phase ends.
+    sharded = kind == "fsdp2" or stage == 3
+    cfg = _cfg(colour_data, 2, 1, evals=sharded)
+    result = launch_training(cfg, run, LaunchConfig("torchrun", nproc=2), engine)
     assert result.final_model == run / "final"
+    assert len(result.evals) == (6 if sharded else 0)
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    records = [r for r in records if "eval" not in r]
     assert {r["processes"] for r in records} == {2}
     first = records[0]["throughput"]
     assert first["tokens_per_s"] == pytest.approx(2 * first["tokens_per_s_per_process"], rel=0.5)
@@ -173,25 +207,36 @@ from tbi_train.errors import TrainError
 from tbi_train.scale.engines import EngineConfig
 from tbi_train.scale.launch import LaunchConfig, launch_training
 try:
-    launch_training(load_config(sys.argv[1]), sys.argv[2], LaunchConfig("torchrun", nproc=2), EngineConfig(sys.argv[3]))
+    engine = EngineConfig(sys.argv[3], zero_stage=int(sys.argv[4]))
+    launch_training(load_config(sys.argv[1]), sys.argv[2], LaunchConfig("torchrun", nproc=2), engine)
 except TrainError as exc:
     print("TrainError:", exc)
     sys.exit(3)
 """
 
 
-@pytest.mark.slow
-def test_killed_rank_stops_the_job_and_one_process_resumes_it(colour_data, tmp_path):
-    steps = (1, 1, 10)
-    reference = tmp_path / "reference"
-    train(_cfg(colour_data, 2, 2, steps), reference)
+_LONG = (1, 1, 10)
 
+
+@pytest.fixture(scope="module")
+def long_reference(colour_data, tmp_path_factory):
+    """1 process x batch 2 x 2 accumulation steps, phases of 1, 1 and 10 steps."""
+    reference = tmp_path_factory.mktemp("long") / "reference"
+    train(_cfg(colour_data, 2, 2, _LONG), reference)
+    return reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_killed_rank_stops_the_job_and_one_process_resumes_it(stage, colour_data, long_reference, tmp_path):
+    # 2-process DeepSpeed ZeRO-2 / ZeRO-3 checkpoints, resumed by 1 process with the ddp engine.
+    steps, reference = _LONG, long_reference
     run = tmp_path / "killed"
     from tbi_train.config import save_config
 
     config = save_config(_cfg(colour_data, 2, 1, steps, every=2), tmp_path / "two.json")
     proc = subprocess.Popen(
-        [sys.executable, "-c", _LAUNCH, str(config), str(run), "deepspeed"],
+        [sys.executable, "-c", _LAUNCH, str(config), str(run), "deepspeed", str(stage)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     marker = run / "checkpoints" / "02-lm_lora-step0000002" / "COMPLETE"
@@ -217,11 +262,10 @@ def _train_child(cfg, run):
 
 
 @pytest.mark.slow
-def test_one_process_checkpoint_resumes_on_two_processes(colour_data, tmp_path):
-    steps = (1, 1, 10)
-    reference = tmp_path / "reference"
-    train(_cfg(colour_data, 2, 2, steps), reference)
-
+@pytest.mark.parametrize("kind", ["deepspeed", "fsdp2"])
+def test_one_process_checkpoint_resumes_on_two_processes(kind, colour_data, long_reference, tmp_path):
+    # A 1-process ddp checkpoint resumed by 2 processes with DeepSpeed ZeRO-2 or FSDP2.
+    steps, reference = _LONG, long_reference
     run = tmp_path / "killed"
     one = _cfg(colour_data, 2, 2, steps, every=2)
     child = multiprocessing.get_context("fork").Process(target=_train_child, args=(one, run))
@@ -235,7 +279,7 @@ def test_one_process_checkpoint_resumes_on_two_processes(colour_data, tmp_path):
     assert marker.exists() and not (run / "final").exists()
 
     resumed = launch_training(
-        _cfg(colour_data, 2, 1, steps, every=2), run, LaunchConfig("torchrun", nproc=2), EngineConfig("deepspeed"),
+        _cfg(colour_data, 2, 1, steps, every=2), run, LaunchConfig("torchrun", nproc=2), EngineConfig(kind),
         resume=True,
     )  # fmt: skip
     _assert_same_training(resumed.run_dir, reference)

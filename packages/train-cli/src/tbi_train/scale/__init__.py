@@ -1,1 +1,1 @@
-"""Scale-out: memory planning (and, later, launchers and engine configs)."""
+"""Scale-out: engines (DDP, DeepSpeed ZeRO-1/2/3, FSDP2), launchers, DeepSpeed JSON, memory planning."""

@@ -7,10 +7,18 @@
     grad_norm = engine.step(trainable, max_norm)        # clip, optimizer, schedule, zero the gradients
 
 `ddp` is accelerate (plain on one process, DistributedDataParallel over gloo/NCCL on several, manual
-accumulation with no_sync); `deepspeed` is a DeepSpeed engine (ZeRO stage 1 or 2, optional optimizer
-offload) built around the phase's own torch AdamW and schedule, accumulating in the engine.
-Both also act as the `accelerator` argument of `save_checkpoint` (is_main_process, wait_for_everyone,
+accumulation with no_sync); `deepspeed` is a DeepSpeed engine (ZeRO stage 1 or 2 here, optional optimizer
+offload; stage 3 in `tbi_train.scale.sharded`) built around the phase's own torch AdamW and schedule,
+accumulating in the engine; `fsdp2` is torch's `fully_shard` (`tbi_train.scale.sharded`).
+All act as the `accelerator` argument of `save_checkpoint` (is_main_process, wait_for_everyone,
 save_state, unwrap_model).
+
+Engine state (a checkpoint's state/ folder) is the same portable format for every engine, so any engine
+and world size resumes any other's checkpoint; it holds no weights (they are the checkpoint's model/):
+    optimizer_full.safetensors   "<param name>/exp_avg", "/exp_avg_sq" (full, unsharded), "/step"
+    engine.json                  kind, world size, Adam step
+    scheduler.json               the schedule's step
+    rng_<rank>.safetensors       torch RNG state of each rank
 """
 
 from __future__ import annotations
@@ -37,10 +45,11 @@ _MOMENTS = "optimizer_full.safetensors"
 class EngineConfig:
     """How a run is spread over processes; not part of the run config's hash (the training is the same)."""
 
-    kind: Literal["ddp", "deepspeed"] = "ddp"
-    """ddp: accelerate (DistributedDataParallel when several processes); deepspeed: a DeepSpeed ZeRO engine."""
+    kind: Literal["ddp", "deepspeed", "fsdp2"] = "ddp"
+    """ddp: accelerate (DistributedDataParallel when several processes); deepspeed: a DeepSpeed ZeRO engine;
+    fsdp2: torch's fully_shard (weights, gradients and Adam moments sharded per layer)."""
     zero_stage: int = 2
-    """DeepSpeed only: ZeRO stage 1-2 for training (seed 000 3.2: ZeRO-2); the JSON generator also writes 0 and 3."""
+    """DeepSpeed only: ZeRO stage 1-3 (seed 000 3.2: ZeRO-2; 3 also partitions the weights)."""
     offload_optimizer: bool = False
     """DeepSpeed only: keep fp32 master weights and Adam moments in CPU memory (ZeRO-2/3)."""
     deepspeed_config: str | None = None
@@ -48,26 +57,29 @@ class EngineConfig:
 
 
 def make_engine(engine: EngineConfig | None, cfg: RunConfig, phase: PhaseConfig):
-    """The engine of one phase: `AccelerateEngine` or `DeepSpeedEngine`."""
+    """The engine of one phase: `AccelerateEngine`, `DeepSpeedEngine`, `ZeRO3Engine` or `FSDP2Engine`."""
     engine = engine or EngineConfig()
     if engine.kind == "ddp":
         return AccelerateEngine(cfg)
-    if engine.kind == "deepspeed":
-        if cfg.nonfinite_loss == "skip":
-            raise TrainError(
-                "nonfinite_loss=skip needs the ddp engine (DeepSpeed has already reduced the earlier "
-                "micro-batches' gradients into its partitions); use nonfinite_loss=stop or --engine ddp."
-            )
-        if engine.zero_stage == 0:
-            raise TrainError("zero_stage=0 is plain data parallelism: use the ddp engine (--engine ddp).")
-        if engine.zero_stage == 3:
-            raise TrainError(
-                "zero_stage=3 is not supported by `tbi train` yet (each phase re-wraps the same model, and "
-                "ZeRO-3 leaves its weights partitioned); use zero_stage=2 with offload_optimizer=True. "
-                "deepspeed_config() still writes stage-3 JSON for other tools."
-            )
-        return DeepSpeedEngine(cfg, phase, engine)
-    raise TrainError(f"engine {engine.kind!r} is not known; use 'ddp' or 'deepspeed'.")
+    if engine.kind not in ("deepspeed", "fsdp2"):
+        raise TrainError(f"engine {engine.kind!r} is not known; use 'ddp', 'deepspeed' or 'fsdp2'.")
+    if cfg.nonfinite_loss == "skip":
+        raise TrainError(
+            f"nonfinite_loss=skip needs the ddp engine ({engine.kind} has already reduced or accumulated the "
+            "earlier micro-batches' gradients outside the optimizer's reach); use nonfinite_loss=stop or "
+            "--engine ddp."
+        )
+    if engine.kind == "fsdp2":
+        from tbi_train.scale.sharded import FSDP2Engine
+
+        return FSDP2Engine(cfg)
+    if engine.zero_stage == 0:
+        raise TrainError("zero_stage=0 is plain data parallelism: use the ddp engine (--engine ddp).")
+    if engine.zero_stage == 3:
+        from tbi_train.scale.sharded import ZeRO3Engine
+
+        return ZeRO3Engine(cfg, phase, engine)
+    return DeepSpeedEngine(cfg, phase, engine)
 
 
 def _mixed_precision(precision: str) -> str:
@@ -115,6 +127,7 @@ class AccelerateEngine:
         self.accelerator.wait_for_everyone()
 
     def prepare(self, model, optimizer, scheduler):
+        self._names = {id(p): n for n, p in model.named_parameters()}
         model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         return model
 
@@ -157,17 +170,16 @@ class AccelerateEngine:
         return self.accelerator.unwrap_model(model)
 
     def save_state(self, directory: str, safe_serialization: bool = True) -> None:
-        self.accelerator.save_state(directory, safe_serialization=safe_serialization)
-        # The portable schedule step and RNG too, so a DeepSpeed run can resume from this state.
-        _save_schedule_and_rng(Path(directory), self.scheduler, self.process_index)
-        _write_engine_file(directory, self, self.optimizer)
+        """The portable state (no weights: the checkpoint's model/ holds them); every rank has the moments."""
+        del safe_serialization
+        inner = self.optimizer.optimizer  # accelerate's wrapper holds the torch AdamW
+        moments = _torch_moments(inner, self._names) if self.is_main_process else {}
+        _save_portable_state(Path(directory), self, moments, self.scheduler, _adam_step(inner))
 
     def load_state(self, directory: str | Path, model) -> None:
-        """accelerate's own state when written by accelerate; a DeepSpeed run's portable state otherwise."""
-        if _read_engine_file(directory).get("kind", "ddp") == "ddp":
-            self.accelerator.load_state(str(directory))
-            return
-        _load_portable_optimizer(directory, self.unwrap_model(model), self.optimizer)
+        """A portable state written by any engine at any world size."""
+        del model
+        _load_torch_moments(directory, self.optimizer.optimizer, self._names)
         _load_schedule_and_rng(directory, self.scheduler, self.process_index)
 
 
@@ -198,7 +210,6 @@ class DeepSpeedEngine:
     def prepare(self, model, optimizer, scheduler):
         import deepspeed
 
-        self._order = [p for g in optimizer.param_groups for p in g["params"]]
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.config
         )
@@ -256,18 +267,10 @@ class DeepSpeedEngine:
                 p.data = view
 
     def save_state(self, directory: str, safe_serialization: bool = True) -> None:
-        """Portable state: full Adam moments per parameter name, schedule step, RNG per rank (safetensors)."""
+        """The portable state: full Adam moments per parameter name, schedule step, RNG per rank."""
         del safe_serialization
-        directory = Path(directory)
         moments = self._full_moments()
-        if self.is_main_process:
-            directory.mkdir(parents=True, exist_ok=True)
-            save_file(moments, str(directory / _MOMENTS))
-        self.wait_for_everyone()
-        _save_schedule_and_rng(directory, self.scheduler, self.process_index)
-        if self.is_main_process:
-            _write_engine_file(directory, self, None, step=_adam_step(self.optimizer))
-        self.wait_for_everyone()
+        _save_portable_state(Path(directory), self, moments, self.scheduler, _adam_step(self.optimizer))
 
     def _flat_groups(self):
         """(this rank's fp32 partition, the group's parameters in flattened order) per ZeRO-1/2 param group.
@@ -301,16 +304,20 @@ class DeepSpeedEngine:
         return moments
 
     def load_state(self, directory: str | Path, model) -> None:
-        """Load a portable state (from a DeepSpeed run) or an accelerate one (from a ddp run), any world size."""
+        """Load a portable state written by any engine at any world size."""
+        del model
         directory = Path(directory)
         info = _read_engine_file(directory)
-        moments = _portable_moments(directory, info, self.unwrap_model(model), self._order)
+        moments = load_file(str(directory / _MOMENTS))
         names = {id(p): n for n, p in self.engine.module.named_parameters()}
         inner = self.optimizer.optimizer
         for partition, params in self._flat_groups():
             state = {"step": torch.tensor(float(info["adam_step"]))}
             for key in ("exp_avg", "exp_avg_sq"):
-                full = torch.cat([moments[f"{names[id(p)]}/{key}"].reshape(-1) for p in params])
+                # A parameter without a moment (never had a gradient in a ddp run) starts from zero, as in Adam.
+                full = torch.cat(
+                    [moments.get(f"{names[id(p)]}/{key}", torch.zeros(p.numel())).reshape(-1) for p in params]
+                )
                 size = partition.numel()
                 padded = torch.zeros(size * self.num_processes)
                 padded[: full.numel()] = full
@@ -326,17 +333,57 @@ def _adam_step(optimizer) -> int:
     return int(max(steps)) if steps else 0
 
 
-def _write_engine_file(directory, engine, optimizer, step: int | None = None) -> None:
-    info = {
-        "kind": engine.kind,
-        "world_size": engine.num_processes,
-        "adam_step": _adam_step(optimizer) if step is None else step,
-    }
+def _save_portable_state(directory: Path, engine, moments: dict, scheduler, adam_step: int) -> None:
+    """Write the portable engine state into `directory` (every rank calls; rank 0 writes the shared files)."""
     if engine.is_main_process:
-        path = Path(directory) / _ENGINE_FILE
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(moments, str(directory / _MOMENTS))
+    engine.wait_for_everyone()
+    _save_schedule_and_rng(directory, scheduler, engine.process_index)
+    if engine.is_main_process:
+        info = {"kind": engine.kind, "world_size": engine.num_processes, "adam_step": adam_step}
+        path = directory / _ENGINE_FILE
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(info) + "\n")
         tmp.replace(path)
+    engine.wait_for_everyone()
+
+
+def _torch_moments(optimizer, names: dict[int, str], full=lambda t: t) -> dict[str, torch.Tensor]:
+    """The Adam moments and step of a torch AdamW by parameter name (CPU); `full` unshards a moment
+    (an FSDP2 DTensor's full_tensor, a collective: every rank calls this in the same order)."""
+    moments = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state:  # no gradient yet (a tower's final norm): AdamW has no state for it either
+                continue
+            name = names[id(p)]
+            moments[f"{name}/exp_avg"] = full(state["exp_avg"]).detach().cpu().contiguous()
+            moments[f"{name}/exp_avg_sq"] = full(state["exp_avg_sq"]).detach().cpu().contiguous()
+            moments[f"{name}/step"] = state["step"].detach().cpu().reshape(())
+    return moments
+
+
+def _load_torch_moments(directory, optimizer, names: dict[int, str], place=None) -> None:
+    """Portable moments into a torch AdamW; `place(full, param)` shards a full moment like its parameter
+    (default: the parameter's device and dtype)."""
+    directory = Path(directory)
+    info = _read_engine_file(directory)
+    moments = load_file(str(directory / _MOMENTS))
+    place = place or (lambda full, p: full.to(p.device, p.dtype).view_as(p).clone())
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = names[id(p)]
+            if f"{name}/exp_avg" not in moments:
+                continue
+            # DeepSpeed writes one Adam step for all its flat partitions; torch AdamW keeps one per parameter.
+            step = moments.get(f"{name}/step", torch.tensor(float(info["adam_step"])))
+            optimizer.state[p] = {
+                "step": step.clone(),
+                "exp_avg": place(moments[f"{name}/exp_avg"], p),
+                "exp_avg_sq": place(moments[f"{name}/exp_avg_sq"], p),
+            }
 
 
 def _read_engine_file(directory) -> dict:
@@ -368,40 +415,3 @@ def _load_schedule_and_rng(directory: Path, scheduler, rank: int) -> None:
     torch.set_rng_state(state["rng_cpu"])
     if "rng_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["rng_cuda"])
-
-
-def _named_trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-
-def _portable_moments(directory: Path, info: dict, model, order: list) -> dict[str, torch.Tensor]:
-    """Adam moments by parameter name, from a DeepSpeed state or from accelerate's optimizer.bin."""
-    if info.get("kind") == "deepspeed":
-        return load_file(str(directory / _MOMENTS))
-    state = torch.load(directory / "optimizer.bin", map_location="cpu", weights_only=True)["state"]
-    # accelerate saved the torch AdamW whose parameter indices follow the phase's param groups, in order.
-    names = {id(p): n for n, p in model.named_parameters()}
-    info["adam_step"] = int(max(float(s["step"]) for s in state.values())) if state else 0
-    moments = {}
-    for index, p in enumerate(order):
-        for key in ("exp_avg", "exp_avg_sq"):
-            # A parameter that never had a gradient (a tower's final norm) has no AdamW state yet.
-            saved = state.get(index, {}).get(key)
-            moments[f"{names[id(p)]}/{key}"] = saved if saved is not None else torch.zeros(p.shape)
-    return moments
-
-
-def _load_portable_optimizer(directory: Path, model, optimizer) -> None:
-    """A DeepSpeed run's moments into a torch AdamW (ddp engine, any world size)."""
-    info = _read_engine_file(directory)
-    moments = load_file(str(Path(directory) / _MOMENTS))
-    names = {id(p): n for n, p in _named_trainable(model)}
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch AdamW
-    for group in inner.param_groups:
-        for p in group["params"]:
-            name = names[id(p)]
-            inner.state[p] = {
-                "step": torch.tensor(float(info["adam_step"])),
-                "exp_avg": moments[f"{name}/exp_avg"].to(p.device, p.dtype).view_as(p).clone(),
-                "exp_avg_sq": moments[f"{name}/exp_avg_sq"].to(p.device, p.dtype).view_as(p).clone(),
-            }

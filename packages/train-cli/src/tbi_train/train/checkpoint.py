@@ -2,7 +2,8 @@
 
     checkpoints/<PP>-<phase>-step<SSSSSSS>/
         model/          save_vlm: config.json, model.safetensors, tokenizer/, adapters/<part>/ (peft)
-        state/          accelerate.save_state: model, optimizer, scheduler, RNG (safetensors / weights-only)
+        state/          the engine's portable state: Adam moments by parameter name, schedule step, RNG per
+                        rank, engine.json (no weights: resume loads model/; see tbi_train.scale.engines)
         trainer.json    phase index and name, optimizer step, whether the phase is finished
         COMPLETE        marker, written last
 
@@ -47,7 +48,11 @@ class CheckpointState:
 
 
 def save_checkpoint(run_dir: str | Path, state: CheckpointState, accelerator, vlm) -> Path:
-    """Write one checkpoint (model export + accelerate state + trainer.json), marker last; return its path."""
+    """Write one checkpoint (model export + engine state + trainer.json), marker last; return its path.
+
+    `accelerator` is the phase's engine (every rank calls this); `vlm` what the engine trains, whose
+    `accelerator.unwrap_model(vlm)` is the plain VLM with full weights on rank 0 while this runs.
+    """
     root = Path(run_dir) / "checkpoints"
     final = root / state.folder_name
     tmp = root / f".tmp-{state.folder_name}"
