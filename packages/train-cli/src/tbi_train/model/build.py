@@ -12,6 +12,7 @@ from pathlib import Path
 from tbi_train.config import ModelConfig, ProjectorSpec, TokenizerConfig, from_dict, to_dict
 from tbi_train.errors import TrainError
 from tbi_train.model.adapters import attach_adapters, save_adapter
+from tbi_train.model.frozen_dtype import restore_saved_dtypes
 from tbi_train.model.image import ImageTransform
 from tbi_train.model.lm import build_lm
 from tbi_train.model.tokenizer import build_tokenizer
@@ -50,7 +51,9 @@ def build_vlm(
     try:
         # Several taps into a single-scale projector arrive concatenated along channels.
         taps = len(cfg.vision.feature_layers)
-        vision.concat_taps = taps > 0 and not get_projector_class(cfg.projector.name).multi_scale
+        # spatial-tokens reads what its base reads (a list over a multi-scale base: seed 001 A3c).
+        reads = dict(cfg.projector.options).get("base", "") if cfg.projector.name == "spatial-tokens" else ""
+        vision.concat_taps = taps > 0 and not get_projector_class(reads or cfg.projector.name).multi_scale
         projector = build_projector(
             cfg.projector.name,
             input_dim=vision.hidden_size * (taps if vision.concat_taps else 1),
@@ -213,6 +216,8 @@ def load_vlm(directory: str | Path) -> VLM:
 
     tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
     vlm = build_vlm(cfg, tokenizer=tokenizer)
+    # Parts trained with model.frozen_dtype=bf16 were saved in bf16: compute with them exactly as in training.
+    restore_saved_dtypes(vlm, directory / _WEIGHTS)
     missing, unexpected = load_model(vlm, str(directory / _WEIGHTS), strict=True)
     if missing or unexpected:
         raise TrainError(

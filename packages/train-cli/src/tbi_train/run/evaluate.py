@@ -15,6 +15,8 @@ __all__ = [
     "evaluate_benchmarks",
     "evaluate_model",
     "load_any_vlm",
+    "load_benchmark_questions",
+    "score_benchmark",
 ]
 
 STRUCTURED_TASKS = ("chart", "table", "doc")
@@ -143,6 +145,36 @@ class _Question:
         self.meta = {"media_frames": [len(self.images)]} if len(self.images) > 1 else {}
 
 
+def load_benchmark_questions(
+    name: str, path: str | Path, image_root: str | Path | None = None, limit: int | None = None
+) -> tuple[list, list]:
+    """(tbi-evalbench samples, questions for `tbi_train.eval.generate`) of one benchmark file.
+
+    `name` is a loader name with an optional `:language` (`mmbench:ko`); media paths are relative to
+    `image_root` (default: the file's folder); `limit` keeps the first N samples (None or 0: all). A question
+    without its own prompt gets "Describe the image." (English) or its Korean equivalent.
+    """
+    from tbi_evalbench import load_benchmark
+
+    loader, _, language = name.partition(":")
+    options = {"language": language} if language else {}
+    root = image_root if image_root is not None else Path(path).parent
+    samples = load_benchmark(loader, path, image_root=root, **options)[: limit or None]
+    questions = [
+        _Question(s, "Describe the image." if s.language == "en" else "이미지를 설명하세요.") for s in samples
+    ]
+    return samples, questions
+
+
+def score_benchmark(samples: list, answers: list[str], compat: str = "official"):
+    """The tbi-evalbench `ScoreResult` of `answers` (one per sample) under the benchmark's own metric."""
+    from tbi_evalbench import score_metric
+
+    refs = [{"answers": s.answers, "answer": s.answers[0] if s.answers else "", "choices": s.choices,
+             "category": s.category, **s.meta} for s in samples]  # fmt: skip
+    return score_metric(samples[0].metric, [s.id for s in samples], answers, refs, compat=compat)
+
+
 def evaluate_benchmarks(
     model_dir: str | Path,
     benchmarks: dict[str, str | Path],
@@ -164,7 +196,6 @@ def evaluate_benchmarks(
     """
     import json
 
-    from tbi_evalbench import load_benchmark, score_metric
     from tbi_train.eval import generate
 
     out = Path(out)
@@ -172,20 +203,11 @@ def evaluate_benchmarks(
     vlm = load_any_vlm(model_dir)
     scores = {}
     for name, path in benchmarks.items():
-        loader, _, language = name.partition(":")
-        options = {"language": language} if language else {}
-        root = image_root if image_root is not None else Path(path).parent
-        samples = load_benchmark(loader, path, image_root=root, **options)[: limit or None]
-        questions = [
-            _Question(s, "Describe the image." if s.language == "en" else "이미지를 설명하세요.")
-            for s in samples
-        ]
+        samples, questions = load_benchmark_questions(name, path, image_root, limit)
         started = time.perf_counter()
         answers = generate(vlm, questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
         seconds = time.perf_counter() - started
-        refs = [{"answers": s.answers, "answer": s.answers[0] if s.answers else "", "choices": s.choices,
-                 "category": s.category, **s.meta} for s in samples]  # fmt: skip
-        result = score_metric(samples[0].metric, [s.id for s in samples], answers, refs, compat=compat)
+        result = score_benchmark(samples, answers, compat)
         scores[name] = {
             "score": result.score, "metric": result.metric, "compat": result.compat, "scorer": result.scorer,
             "n": len(samples), "seconds_per_sample": seconds / len(samples), "samples_per_second": len(samples) / seconds,

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["JsonlLog", "plot_curves"]
+__all__ = ["JsonlLog", "RunLog", "plot_curves"]
 
 
 class JsonlLog:
@@ -33,6 +33,25 @@ class JsonlLog:
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records))
         tmp.replace(self.path)
+
+
+class RunLog(JsonlLog):
+    """The run's JSONL log that also forwards every record to the optional sinks (`tbi_train.train.sinks`)."""
+
+    def __init__(self, path: str | Path, sinks: list | None = None):
+        super().__init__(path)
+        self.sinks = list(sinks or [])
+
+    def write(self, record: dict) -> None:
+        super().write(record)
+        for sink in self.sinks:
+            sink.write(record)
+
+    def close(self) -> None:
+        """Flush and close the sinks (log.jsonl needs nothing)."""
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
 
 def plot_curves(records: list[dict], out_dir: str | Path) -> list[Path]:
