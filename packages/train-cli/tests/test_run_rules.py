@@ -8,21 +8,54 @@ from rich.console import Console
 
 from tbi_train.experiments import DataMix, ExperimentError, get_suite
 from tbi_train.run import SuiteData, SuiteProgress
-from tbi_train.run.runner import _best_of, _skip_reason
+from tbi_train.run.runner import _best_of, _results, _skip_reason
 
 
-def _done(overall):
-    return {"status": "done", "aggregates": {"overall": overall}, "scores": {}}
+def _done(overall, val_loss=None):
+    result = {"status": "done", "aggregates": {"overall": overall}, "scores": {}}
+    if val_loss is not None:
+        result["val_loss"] = val_loss
+    return result
 
 
-def test_foveated_skip_rule_applies_only_when_f1_wins():
+def test_foveated_skip_rule_compares_validation_loss_lower_wins():
     rules = get_suite("foveated").rules
-    assert _skip_reason(rules, "LR2", {"F1": _done(0.5), "F2": _done(0.4)}) is None  # F3 not run yet
-    assert _skip_reason(rules, "LR2", {"F1": _done(0.5), "F2": _done(0.4), "F3": _done(0.45)}).startswith(
-        "F1 beat"
+    done = {"F1": _done(0.1, 1.20), "F2": _done(0.9, 1.50)}
+    assert _skip_reason(rules, "LR2", done) is None  # F3 not run yet
+    # F1 has the lowest val loss: LR2-LR4 are skipped, although its Overall score is the worst
+    reason = _skip_reason(rules, "LR2", {**done, "F3": _done(0.9, 1.35)})
+    assert reason.startswith("F1 beat F2, F3 on val_loss (lowest wins: F1 1.2, F2 1.5, F3 1.35)")
+    assert _skip_reason(rules, "LR4", {**done, "F3": _done(0.9, 1.35)}) == reason
+    # F3 has a lower val loss than F1: nothing is skipped, although F1's Overall score is the best
+    assert (
+        _skip_reason(rules, "LR3", {"F1": _done(0.9, 1.2), "F2": _done(0.1, 1.5), "F3": _done(0.1, 1.1)})
+        is None
     )
-    assert _skip_reason(rules, "LR2", {"F1": _done(0.5), "F2": _done(0.4), "F3": _done(0.55)}) is None
-    assert _skip_reason(rules, "A6", {"F1": _done(0.9), "F2": _done(0.1), "F3": _done(0.1)}) is None
+    assert (
+        _skip_reason(rules, "LR2", {"F1": _done(0.9, 1.2), "F2": _done(0.1, 1.2), "F3": _done(0.1, 1.3)})
+        is None
+    )
+    # results without a val loss (runs made before it was recorded) never make F1 win
+    assert (
+        _skip_reason(rules, "LR2", {"F1": _done(0.9), "F2": _done(0.1, 1.5), "F3": _done(0.1, 1.4)}) is None
+    )
+    assert (
+        _skip_reason(rules, "A6", {"F1": _done(0.9, 0.1), "F2": _done(0.1, 2.0), "F3": _done(0.1, 2.0)})
+        is None
+    )
+
+
+def test_skip_rule_reads_recorded_result_files(tmp_path):
+    """The rule sees what runs record in result.json (`_results` reads the run folders)."""
+    rules = get_suite("foveated").rules
+    for exp_id, loss in (("F1", 2.0), ("F2", 1.9), ("F3", 2.1)):
+        folder = tmp_path / "runs" / "foveated" / f"{exp_id}-seed42"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({**_done(0.5, loss), "id": exp_id}))
+    assert _skip_reason(rules, "LR2", _results(tmp_path, "foveated", 42)) is None  # F2 is lower
+    f2 = tmp_path / "runs" / "foveated" / "F2-seed42" / "result.json"
+    f2.write_text(json.dumps({**_done(0.5, 2.05), "id": "F2"}))
+    assert _skip_reason(rules, "LR2", _results(tmp_path, "foveated", 42)).startswith("F1 beat")
 
 
 def test_best_of_rule_picks_the_winning_spatial_features():

@@ -58,7 +58,9 @@ class SkipRule:
     rivals: tuple[str, ...]
     skip: tuple[str, ...]
     metric: str = "overall"
-    """Result column compared (higher is better)."""
+    """Result value compared: a top-level result key (`val_loss`), an average (`overall`) or a benchmark."""
+    lower_is_better: bool = False
+    """True for losses (seed 003: the lowest validation loss wins); otherwise the highest value wins."""
     why: str = ""
 
 

@@ -29,6 +29,7 @@ from tbi_train.experiments import (
 from tbi_train.run.data import prepare_data
 from tbi_train.run.evaluate import benchmark_aggregates, evaluate_benchmarks, evaluate_model
 from tbi_train.run.store import StepStore
+from tbi_train.run.val_loss import validation_loss
 
 __all__ = ["ablate", "run_experiment", "run_resolved"]
 
@@ -91,10 +92,14 @@ def run_resolved(
     cfg = resolved.config
     evaluation = evaluate_model(store.model_dir(final), data.val, cfg.eval.limit, cfg.eval.max_new_tokens,
                                 cfg.eval.batch_size, cfg.data.image_root)  # fmt: skip
-    predictions = evaluation.pop("predictions")
+    predictions = _with_questions(evaluation.pop("predictions"), data.val, cfg.data.image_root)
     with (run_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
         for row in predictions:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    # Seed 003's primary metric, measured with the loss the last phase trained on.
+    loss_on = cfg.phases[-1].loss_on if cfg.phases else "answers"
+    evaluation.update(validation_loss(store.model_dir(final), data.val, cfg.eval.limit, cfg.eval.batch_size,
+                                      cfg.max_length, loss_on, cfg.data.image_root))  # fmt: skip
     if benchmarks:
         scored = evaluate_benchmarks(store.model_dir(final), benchmarks, run_dir / "eval", limit=limit,
                                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)  # fmt: skip
@@ -113,6 +118,40 @@ def run_resolved(
     }  # fmt: skip
     _write_json(result_file, result)
     return result_file
+
+
+def _records(path: Path) -> list:
+    """The records of a LLaVA .json (a list) or .jsonl file (the formats `load_conversations` reads); lines it
+    skips as bad data are skipped here too."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".jsonl":
+        data = json.loads(text)
+        return data if isinstance(data, list) else []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _with_questions(predictions: list[dict], val: Path, image_root) -> list[dict]:
+    """Prediction rows plus the question, language and image path of their validation record (the report's
+    error gallery shows them)."""
+    records = {str(r.get("id")): r for r in _records(Path(val)) if isinstance(r, dict)}
+    root = Path(image_root) if image_root is not None else Path(val).parent
+    out = []
+    for row in predictions:
+        record = records.get(str(row["id"]), {})
+        turns = record.get("conversations") or [{}]
+        question = str(turns[0].get("value", "")).replace("<image>", "").strip()
+        image = record.get("image") or (record.get("images") or [None])[0]
+        extra = {"question": question, "language": record.get("language", "")}
+        if isinstance(image, str):
+            extra["image"] = str((root / image).resolve())
+        out.append({**row, **extra})
+    return out
 
 
 def run_experiment(
@@ -135,8 +174,15 @@ def _results(out: Path, suite: str, seed: int) -> dict[str, dict]:
     return found
 
 
-def _metric(result: dict, metric: str) -> float:
-    return result.get("aggregates", {}).get(metric, result.get("scores", {}).get(metric, float("-inf")))
+def _metric(result: dict, metric: str, lower_is_better: bool = False) -> float:
+    """`metric` of a result (top-level value such as val_loss, an average, or a benchmark score), signed so
+    that higher is better; a missing or non-numeric value never wins."""
+    value = result.get(metric)
+    if not isinstance(value, (int, float)):
+        value = result.get("aggregates", {}).get(metric, result.get("scores", {}).get(metric))
+    if not isinstance(value, (int, float)) or value != value:
+        return float("-inf")
+    return -float(value) if lower_is_better else float(value)
 
 
 def ablate(
@@ -212,9 +258,15 @@ def _skip_reason(rules, exp_id: str, done: dict[str, dict]) -> str | None:
         if not isinstance(rule, SkipRule) or exp_id not in rule.skip:
             continue
         if rule.winner in done and all(r in done for r in rule.rivals):
-            win = _metric(done[rule.winner], rule.metric)
-            if all(win > _metric(done[r], rule.metric) for r in rule.rivals):
-                return f"{rule.winner} beat {', '.join(rule.rivals)} on {rule.metric}: {rule.why}"
+            win = _metric(done[rule.winner], rule.metric, rule.lower_is_better)
+            if win > float("-inf") and all(
+                win > _metric(done[r], rule.metric, rule.lower_is_better) for r in rule.rivals
+            ):
+                values = ", ".join(
+                    f"{r} {_metric(done[r], rule.metric):.4g}" for r in (rule.winner, *rule.rivals)
+                )
+                side = "lowest" if rule.lower_is_better else "highest"
+                return f"{rule.winner} beat {', '.join(rule.rivals)} on {rule.metric} ({side} wins: {values}): {rule.why}"
     return None
 
 

@@ -2,7 +2,8 @@
 
     store/<key>/            a core run folder (train), or model/ (merge), or a MoLE folder (mole)
     store/<key>/DONE.json   written last: step name, kind, seconds, which experiment computed it
-    store/.partial-<key>/   a step being computed; a later call resumes it (train) or starts it over
+    store/.partial-<key>/   a step being computed; a later call resumes it (train; mole from its last
+                            mid-step checkpoint, `mole_checkpoints/`, single process) or starts it over (merge)
 
 A train step continuing from a parent is the core's own resume: the parent's phase-end checkpoint is linked
 into the new run folder, `run.json` names the new config's hash, and `tbi_train.train.train(..., resume=True)`
@@ -131,14 +132,17 @@ class StepStore:
         from tbi_train.data import load_conversations
         from tbi_train.strategies import train_mole
 
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        checkpoints = partial / "mole_checkpoints"
+        log = partial / "log.jsonl"
+        if not checkpoints.is_dir():  # otherwise resume: train_mole continues from the latest checkpoint
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            if (self.root / dict(step.inputs)["ko"] / "log.jsonl").is_file():
+                shutil.copy2(self.root / dict(step.inputs)["ko"] / "log.jsonl", log)
         experts = {role: self.model_dir(steps[key]) for role, key in step.inputs}
         spec = dict(step.spec)
         en_step = steps[dict(step.inputs)["en"]]
         cfg = en_step.config
         dataset = load_conversations(self.data.mix_file(step.mix), image_root=cfg.data.image_root)
-        log = partial / "log.jsonl"
-        if (self.root / dict(step.inputs)["ko"] / "log.jsonl").is_file():
-            shutil.copy2(self.root / dict(step.inputs)["ko"] / "log.jsonl", log)
-        train_mole(experts, spec, dataset, partial / "model", seed, cfg.max_length, cfg.optim, log_path=log)
+        train_mole(experts, spec, dataset, partial / "model", seed, cfg.max_length, cfg.optim, log_path=log,
+                   checkpoint_dir=checkpoints, checkpoint_every=cfg.checkpoint.every_steps)  # fmt: skip

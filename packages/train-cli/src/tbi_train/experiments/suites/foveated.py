@@ -77,6 +77,8 @@ def suite() -> Suite:
                 "F1",
                 ("F2", "F3"),
                 ("LR2", "LR3", "LR4"),
+                metric="val_loss",  # seed 003: val_loss is the primary metric, the lowest wins
+                lower_is_better=True,
                 why="only the connector LR matters when backbones are frozen (seed 003 Sweep 2)",
             ),
         ),
