@@ -24,11 +24,13 @@ def generate(
     samples: Sequence,
     max_new_tokens: int = 512,
     batch_size: int = 8,
+    mode: str | None = None,
 ) -> list[str]:
     """Answers of `vlm` to `samples` (objects with id, images, conversations, meta), in input order.
 
     Prompts are left-padded into batches of `batch_size`; decoding is greedy, so results do not depend
-    on the RNG. The model is put in eval mode and restored afterwards.
+    on the RNG. The model is put in eval mode and restored afterwards. `mode`: a foveated model's evaluation
+    mode (`tbi_train.eval.modes`: coarse, coarse_fine, autoregressive); None: the model's own generation.
     """
     from tbi_train.data import Collator
 
@@ -66,7 +68,11 @@ def generate(
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=collator.pad_token_id,
             )
-            if callable(getattr(vlm, "generate", None)):
+            if mode is not None:
+                from tbi_train.eval.modes import generate_in_mode
+
+                out = generate_in_mode(vlm, mode, input_ids, attention_mask, pixel_values, **options)
+            elif callable(getattr(vlm, "generate", None)):
                 grid = images.get("image_grid_thw")  # [N_img, 3]
                 out = vlm.generate(input_ids, attention_mask, pixel_values, grid, **options)  # [B, new]
             else:
