@@ -23,6 +23,8 @@ def _root(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # bitsandbytes (the [qlora] extra) warns on import that an optional CPU kernel package is missing.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 @app.command()
@@ -126,9 +128,10 @@ def train(
     master_port: Annotated[int, typer.Option("--master-port", help="Port on node 0.")] = 29500,
     hostfile: Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile.")] = None,
     engine: Annotated[
-        str | None, typer.Option("--engine", help="ddp or deepspeed (default: deepspeed with its launcher).")
+        str | None,
+        typer.Option("--engine", help="ddp, deepspeed or fsdp2 (default: deepspeed with its launcher)."),
     ] = None,
-    zero_stage: Annotated[int, typer.Option("--zero-stage", help="DeepSpeed ZeRO stage (1 or 2).")] = 2,
+    zero_stage: Annotated[int, typer.Option("--zero-stage", help="DeepSpeed ZeRO stage (1, 2 or 3).")] = 2,
     offload_optimizer: Annotated[
         bool, typer.Option("--offload-optimizer", help="DeepSpeed: optimizer states in CPU memory.")
     ] = False,
@@ -136,6 +139,10 @@ def train(
         Path | None,
         typer.Option("--deepspeed-config", help="A DeepSpeed JSON merged over the generated one."),
     ] = None,
+    compile: Annotated[
+        bool,
+        typer.Option("--compile", help="torch.compile the LM and tower (compile=true; eager if it fails)."),
+    ] = False,
 ) -> None:
     """Train a VLM through all phases of a preset, a config file or an experiment (F4), on 1..N processes."""
     from tbi_train.cli._progress import RichProgress
@@ -151,6 +158,8 @@ def train(
         config = None
     if trust_remote_code:
         extra.append("model.lm.trust_remote_code=true")
+    if compile:
+        extra.append("compile=true")
     if config is not None and _is_experiment(config):
         _run_one_experiment(console, config, preset, seed, out, extra)
         return
@@ -272,10 +281,40 @@ def merge(ctx: typer.Context) -> None:
 
     The options are tbi-merging's own (`python -m tbi_merging`), passed through unchanged, e.g.
     `tbi merge --base B --model en=EN:0.6 --model ko=KO:0.4 --method dare_ties --dare 0.9 --out OUT`.
+    With `--search lambda_en=0.3:0.7:0.1 [--search density=0.1,0.3] --eval VAL` (saved VLM folders): a grid
+    search scored on VAL, see tbi_train.strategies.merge_search.
     """
     from tbi_merging.cli import main as merging_main
 
+    if any(a == "--search" or a.startswith("--search=") for a in ctx.args):
+        _merge_search(list(ctx.args))
+        return
     raise typer.Exit(merging_main(list(ctx.args), prog="tbi merge"))
+
+
+def _merge_search(argv: list[str]) -> None:
+    """`tbi merge --search ...`: run the grid, print the table, name the outputs."""
+    from tbi_train.strategies.merge_search import merge_search, search_from_argv
+
+    console = Console()
+    try:
+        search = search_from_argv(argv)
+        with console.status("merge search") as status:
+            result = merge_search(
+                search, on_row=lambda r: status.update(f"candidate {r['candidate']} scored")
+            )
+    except TrainError as exc:
+        _fail(console, exc)
+    import json
+
+    data = json.loads(result.read_text())
+    columns = [k for k in data["rows"][0] if k != "candidate"]
+    table = Table("#", *columns, title="merge search (best marked *)")
+    for row in data["rows"]:
+        mark = "*" if row["candidate"] == data["best"]["candidate"] else ""
+        table.add_row(f"{row['candidate']}{mark}", *(f"{row.get(c, float('nan')):.4f}" for c in columns))
+    console.print(table)
+    console.print(f"table: {result}; best model: {data['best_model']}", highlight=False)
 
 
 experiments_app = typer.Typer(no_args_is_help=True, help="The seeds' experiments as data.")
@@ -424,6 +463,13 @@ def evaluate(
     compat: Annotated[
         str, typer.Option("--compat", help="Scorer mode: official, lmms or vlmeval.")
     ] = "official",
+    mode: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mode", help="Foveated models: coarse, coarse_fine or autoregressive (repeat for several)."
+        ),
+    ] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the LM and tower.")] = False,
 ) -> None:
     """Answer benchmark files with a trained VLM (greedy) and score them through tbi-evalbench."""
     from tbi_train.run import evaluate_benchmarks
@@ -431,11 +477,31 @@ def evaluate(
     console = Console()
     benchmarks = _key_values(benchmark, "--benchmark")
     try:
-        scores = evaluate_benchmarks(model, benchmarks, out or model / "eval", limit, max_new_tokens,
-                                     batch_size, image_root, compat)  # fmt: skip
+        if mode or compile:
+            from tbi_train.eval.modes import evaluate_modes
+
+            modes = tuple(m.strip() for entry in mode or [] for m in entry.split(",") if m.strip())
+            scores = evaluate_modes(model, benchmarks, out or model / "eval", modes, limit, max_new_tokens,
+                                    batch_size, image_root, compat, compile=compile)  # fmt: skip
+            _print_modes(console, scores)
+        else:
+            scores = evaluate_benchmarks(model, benchmarks, out or model / "eval", limit, max_new_tokens,
+                                         batch_size, image_root, compat)  # fmt: skip
     except TrainError as exc:
         _fail(console, exc)
     console.print(f"scores: {scores}", highlight=False)
+
+
+def _print_modes(console: Console, summary: Path) -> None:
+    """The per-mode scores of `tbi eval --mode` as one table (benchmarks x modes)."""
+    import json
+
+    data = json.loads(summary.read_text())
+    names = sorted({b for scores in data.values() for b in scores})
+    table = Table("benchmark", *data, title="scores per evaluation mode")
+    for name in names:
+        table.add_row(name, *(f"{data[m][name]['score']:.4f}" if name in data[m] else "-" for m in data))
+    console.print(table)
 
 
 @app.command()
@@ -482,6 +548,50 @@ def profile(
         result.write_csv(csv)
     if json_out is not None:
         json_out.write_text(json.dumps(result.to_dict(), indent=2))
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as err:
+        raise typer.BadParameter(f"{text!r}: write integers like 0,3", param_hint=option) from err
+
+
+@app.command()
+def maps(
+    target: Annotated[Path, typer.Argument(help="A run folder or a saved VLM folder.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default TARGET/maps).")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Validation samples to map.")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample choice.")] = 0,
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="Tower layers, e.g. 0,3 (default: first, middle, last).")
+    ] = None,
+    heads: Annotated[
+        str | None, typer.Option("--heads", help="Heads to keep, e.g. 0,1 (default: all).")
+    ] = None,
+    query_patch: Annotated[
+        str | None, typer.Option("--query-patch", help="ROW,COL of the query patch drawn (default: centre).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Validation JSON (default: the run's validation split).")
+    ] = None,
+    image_root: Annotated[Path | None, typer.Option("--image-root")] = None,
+) -> None:
+    """Attention and token maps (tower, projector, kept tokens) on seeded validation samples: arrays + PNGs."""
+    from tbi_train.eval.maps import make_maps
+
+    console = Console()
+    query = _int_list(query_patch, "--query-patch")
+    if query is not None and len(query) != 2:
+        raise typer.BadParameter(f"{query_patch!r}: write ROW,COL", param_hint="--query-patch")
+    try:
+        folder = make_maps(target, out, samples, seed, _int_list(layers, "--layers"), _int_list(heads, "--heads"),
+                           data, tuple(query) if query else None, image_root)  # fmt: skip
+    except TrainError as exc:
+        _fail(console, exc)
+    console.print(f"maps: {folder}", highlight=False)
 
 
 def main() -> None:

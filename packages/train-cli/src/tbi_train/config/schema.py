@@ -17,6 +17,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "LMConfig",
+    "LogConfig",
     "LoraSpec",
     "ModelConfig",
     "OptimConfig",
@@ -118,6 +119,10 @@ class LMConfig:
     """In-LM PyramidDrop drop rate per stage (seed 000 `pyramid_drop_config`: 0.5/0.3/0.1): after decoder layer
     round(s * L / (S + 1)) stage s keeps floor(N * prod_{i<=s}(1 - r_i)) image tokens, ranked by the last
     instruction token's attention (uniform r = PyramidDrop's floor(N * lambda^s), lambda = 1 - r); empty: off."""
+    quantize: Literal["none", "nf4"] = "none"
+    """QLoRA base (seed 004): "nf4" loads the LM's linear layers 4-bit NormalFloat with double quantisation
+    through bitsandbytes (transformers' BitsAndBytesConfig, compute dtype = the run precision) and prepares it
+    with peft's prepare_model_for_kbit_training; the base stays frozen, train `lm_lora`. Needs bitsandbytes."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,10 @@ class ModelConfig:
     """Local folder of an existing InternVL-hf / llava-hf / Qwen2.5-VL checkpoint to start from: its tower,
     projector (with trained weights), LM, tokenizer and image preprocessing replace vision/projector/lm/tokenizer
     (whose random-init fields are then unused); peft and gradient checkpointing still apply. None: compose."""
+    frozen_dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """Storage of the base weights no phase of the run trains (e.g. the LM under LoRA): "bf16" halves their
+    memory, trained parts keep fp32 masters and each part's inputs are cast to its dtype; "auto": bf16 when
+    the run's precision is bf16 (a bf16 GPU), fp32 otherwise (this CPU). A part any phase trains stays fp32."""
 
 
 @dataclass(frozen=True)
@@ -298,6 +307,25 @@ class EvalConfig:
     """Generation length cap (seed 000 5.3: 512, greedy)."""
     at_start: bool = True
     """Also score the untrained model before the first phase (the baseline the curves rise from)."""
+    attention_entropy: bool = False
+    """Also log the vision tower's attention entropy per layer at every eval point (seed 003 Fig 6): mean over
+    the validation images, heads and query tokens of -Σ_j p_j log p_j (nats), as "attention_entropy":
+    {layer: value} in log.jsonl. CLIP / SigLIP / DINOv2 / InternViT towers (plain or modernised)."""
+    benchmarks: tuple[tuple[str, str], ...] = ()
+    """tbi-evalbench benchmark files scored at every eval point next to the validation split, as
+    {loader name: local file} like `tbi eval --benchmark NAME=PATH` (`mmbench:ko` passes a language); media
+    paths are relative to the file's folder; the first `limit` samples of each; logged as eval.<name>."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where training records go besides the always-on log.jsonl (rank 0 only)."""
+
+    sinks: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl",)
+    """Sinks: "jsonl" (always on), "tensorboard" (run/tensorboard/, pip extra tbi-train[tensorboard]),
+    "wandb" (offline run under run/wandb/, never online; pip extra tbi-train[wandb])."""
+    wandb_project: str = "tbi"
+    """W&B project name recorded in the offline run (used when it is synced later with `wandb sync`)."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +352,8 @@ class RunConfig:
     """Longest tokenised sample: longer text is truncated; a sample whose image tokens would be cut is dropped and counted."""
     log_every: int = 1
     """Write a JSONL log line every N optimizer steps."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Log sinks (TensorBoard, W&B offline) besides log.jsonl."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -338,3 +368,6 @@ class RunConfig:
     """Checkpointing."""
     nonfinite_loss: Literal["stop", "skip"] = "stop"
     """A NaN/Inf loss: stop the run (naming the step and batch ids), or skip that optimizer step and go on."""
+    compile: bool = False
+    """torch.compile the LM and the vision tower for training and evaluation (`--compile`); when compilation
+    fails the run logs why and goes on eagerly. Numerics equal eager to float tolerance."""

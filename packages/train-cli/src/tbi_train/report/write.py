@@ -340,6 +340,16 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
         pngs = _plots(suite, results, columns, tmp)
         images += pngs
         md += [f"![{p.stem}]({p.name})" for p in pngs] + [""]
+        from tbi_train.report.maps import maps_section
+
+        md += maps_section(suite, results, tmp)
+        from tbi_train.report.frontier import frontier_section
+        from tbi_train.report.gallery import gallery_section
+
+        md += frontier_section(suite, results, tmp) + gallery_section(suite, results, tmp)
+    from tbi_train.report.merge_search import merge_search_section
+
+    md += merge_search_section(runs_dir, tmp)
     (tmp / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     (tmp / "report.html").write_text(_html(md, tmp), encoding="utf-8")
     if out.exists():

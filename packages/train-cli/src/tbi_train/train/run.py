@@ -30,12 +30,16 @@ from tbi_train.config import PhaseConfig, RunConfig, config_hash, save_config
 from tbi_train.errors import TrainError
 from tbi_train.eval import generate, score_predictions
 from tbi_train.model import VLM, build_vlm, save_vlm
+from tbi_train.model.frozen_dtype import cast_frozen_parts, frozen_dtype_for, frozen_groups
+from tbi_train.model.lm import check_quantization
 from tbi_train.scale.engines import make_engine
 from tbi_train.train.checkpoint import CheckpointState, latest_checkpoint, prune_checkpoints, save_checkpoint
-from tbi_train.train.log import JsonlLog, plot_curves
+from tbi_train.train.evaluation import EvalSet, check_benchmarks, load_eval_set, score_benchmarks
+from tbi_train.train.log import JsonlLog, RunLog, plot_curves
 from tbi_train.train.loss import count_targets, token_loss_sum
 from tbi_train.train.optim import build_optimizer, build_scheduler, set_trainable
 from tbi_train.train.order import DataOrder
+from tbi_train.train.sinks import check_sinks, open_sinks
 
 if TYPE_CHECKING:
     from tbi_train.scale.engines import EngineConfig
@@ -109,6 +113,9 @@ def train(
     callback = callback or TrainCallback()
     run_dir = Path(out_dir)
     _check_paths(cfg)
+    check_quantization(cfg)  # model.lm.quantize: refused here, before any folder or model exists
+    check_sinks(cfg.log.sinks)
+    check_benchmarks(cfg.eval)
     # Joins torchrun's process group (gloo on the CPU); one process: a no-op.
     state = PartialState(cpu=not torch.cuda.is_available())
     main = state.is_main_process
@@ -124,6 +131,8 @@ def train(
         logger.info("resuming from %s", latest[1])
     elif main and log.path.exists():
         log.path.unlink()
+    if main:
+        log = _with_sinks(cfg, log, run_dir, resume)
 
     # Rank 0 generates the synthetic data and trains the tokenizer; the others read them afterwards.
     if main:
@@ -137,9 +146,10 @@ def train(
         vlm = build_vlm(cfg.model, cache_dir=run_dir, corpus=_corpus(data.train))
     if latest is not None:
         _load_weights(vlm, latest[1] / "model" / "model.safetensors")
+    _cast_frozen(cfg, vlm)
 
-    val_samples = (
-        [data.val[i] for i in range(min(cfg.eval.limit, len(data.val)))] if data.val is not None else []
+    val_samples = load_eval_set(
+        cfg, [data.val[i] for i in range(min(cfg.eval.limit, len(data.val)))] if data.val is not None else []
     )
     evals = [r for r in log.read() if "eval" in r]
     offsets = _global_offsets(cfg, data.train)
@@ -163,6 +173,7 @@ def train(
     if main:
         save_vlm(vlm, final)
         plot_curves(log.read(), run_dir)
+        log.close()
         (run_dir / "summary.json").write_text(
             json.dumps(
                 {"config_hash": digest, "evals": evals, "final_model": str(final)},
@@ -173,6 +184,28 @@ def train(
         )
     state.wait_for_everyone()
     return RunResult(run_dir, final, evals, digest)
+
+
+def _with_sinks(cfg: RunConfig, log: JsonlLog, run_dir: Path, resume: bool) -> RunLog:
+    """Rank 0's log: log.jsonl plus the `log.sinks`; on resume TensorBoard drops events after the kept records."""
+    kept = [r.get("global_step", 0) for r in log.read()] if resume else []
+    sinks = open_sinks(
+        cfg.log.sinks,
+        run_dir,
+        resume_step=max(kept, default=-1) if resume else None,
+        project=cfg.log.wandb_project,
+        config={"name": cfg.name, "seed": cfg.seed, "config_hash": config_hash(cfg)},
+    )
+    return RunLog(log.path, sinks)
+
+
+def _cast_frozen(cfg: RunConfig, vlm: VLM) -> None:
+    """model.frozen_dtype: store the base weights no phase trains in bf16 (see tbi_train.model.frozen_dtype)."""
+    dtype = frozen_dtype_for(cfg.model.frozen_dtype, cfg.precision)
+    groups = frozen_groups(cfg.phases)
+    if dtype is not None and groups:
+        freed = cast_frozen_parts(vlm, groups, dtype)
+        logger.info("frozen parts %s stored in %s: %.1f MB of parameters freed", groups, dtype, freed / 2**20)
 
 
 class _NullLog:
@@ -334,7 +367,7 @@ def _run_phase(
     phase: PhaseConfig,
     vlm: VLM,
     train_ds,
-    val_samples: list,
+    val_samples: EvalSet,
     engine,
     run_dir: Path,
     log: JsonlLog,
@@ -345,7 +378,8 @@ def _run_phase(
 ) -> list[dict]:
     """One phase: freeze, optimizer + schedule, the step loop with accumulation, evals, checkpoints.
 
-    `engine` is a `tbi_train.scale.engines` engine (accelerate/DDP or DeepSpeed) made for this phase.
+    `engine` is a `tbi_train.scale.engines` engine (accelerate/DDP, DeepSpeed, FSDP2) made for this phase.
+    A sharded engine (ZeRO-3, FSDP2) trains a twin of `vlm` and gives `vlm` its weights back at `close`.
     """
     from accelerate.utils import set_seed
 
@@ -371,6 +405,10 @@ def _run_phase(
     optimizer = build_optimizer(groups, phase, cfg.optim)
     scheduler = build_scheduler(optimizer, total, phase, cfg.optim)
     model = engine.prepare(vlm, optimizer, scheduler)
+    if cfg.compile:  # in place on vlm.lm / vlm.vision: state_dict keys and the engine's wrapper unchanged
+        from tbi_train.model.compile import compile_vlm
+
+        compile_vlm(vlm)
     if state_dir is not None:
         engine.load_state(state_dir, model)
     trainable = [p for p in vlm.parameters() if p.requires_grad]
@@ -483,7 +521,8 @@ def _run_phase(
 
 
 def _saving(engine, model):
-    """Weights in a form `save_vlm` can write (DeepSpeed keeps them as views into flat buffers)."""
+    """Weights in a form `save_vlm` can write (DeepSpeed ZeRO-1/2 keep them as views into flat buffers,
+    ZeRO-3 and FSDP2 sharded: gathered into rank 0's VLM)."""
     saving = getattr(engine, "saving", None)
     return saving(model) if saving is not None else nullcontext()
 
@@ -512,23 +551,36 @@ def _nonfinite(cfg, phase, index, step, sample_ids, rank, engine, log, offset) -
 
 
 def _evaluate_on_main(engine, model, vlm, samples, cfg, log, callback, index, step, offset) -> list[dict]:
-    """Rank 0 generates and scores while the others wait."""
+    """Rank 0 generates and scores while the others wait (after a sharded engine gathered its weights;
+    ZeRO-3 has every rank generate, rank 0 records)."""
     out = []
-    if engine.is_main_process:
-        out.append(_evaluate(vlm, samples, cfg, log, callback, index, step, offset + step))
-    engine.wait_for_everyone()
+    everywhere = getattr(engine, "evaluate_everywhere", False)
+    with engine.saving(model, everywhere) if getattr(engine, "sharded", False) else nullcontext():
+        if engine.is_main_process or everywhere:
+            record = _evaluate(vlm, samples, cfg, log, callback, index, step, offset + step)
+            out += [record] if engine.is_main_process else []
+        engine.wait_for_everyone()
     model.train()
     return out
 
 
 def _evaluate(
-    vlm: VLM, samples: list, cfg: RunConfig, log: JsonlLog, callback, phase, step, global_step
+    vlm: VLM, samples: EvalSet, cfg: RunConfig, log: JsonlLog, callback, phase, step, global_step
 ) -> dict:
-    predictions = generate(
-        vlm, samples, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size
-    )
-    scores = score_predictions(predictions, [s.answers for s in samples], [s.id for s in samples])
+    """Exact match / token F1 on the validation samples and each `eval.benchmarks` score, logged as one record."""
+    scores = {}
+    if samples.samples:
+        val = samples.samples
+        predictions = generate(
+            vlm, val, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size
+        )
+        scores = score_predictions(predictions, [s.answers for s in val], [s.id for s in val])
+    scores.update(score_benchmarks(vlm, samples, cfg.eval))
     record = {"phase": phase, "step": step, "global_step": global_step, "eval": scores}
+    if cfg.eval.attention_entropy and samples.samples:  # seed 003 Fig 6
+        from tbi_train.eval.maps import attention_entropy
+
+        record["attention_entropy"] = attention_entropy(vlm, samples.samples, cfg.eval.batch_size)
     log.write(record)
     callback.on_eval(record)
     return record
