@@ -117,21 +117,45 @@ print(json.dumps({"work_seconds": time.perf_counter() - t1}))
 """
 
 
+# Linux carries a process's peak RSS across fork + exec, so a job forked straight from this (large) pytest
+# process would report at least this process's RSS. A small launcher process forks the job instead and
+# reports the job's own rusage.
+_LAUNCHER = """
+import json, os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"status": os.waitstatus_to_exitcode(status), "cpu": usage.ru_utime + usage.ru_stime,
+               "maxrss_kb": usage.ru_maxrss}, f)
+"""
+
+
 def run_child(argv: list[str], cwd: Path) -> dict:
     """Run a job in a child process: wall and CPU seconds, peak RSS (MB) and its JSON stdout (if any)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+    ):
+        usage_file = Path(tmp) / "usage.json"
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+        subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(usage_file), *argv],
+            stdout=out,
+            stderr=err,
+            cwd=cwd,
+            env=env,
+        )
         wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
-    assert proc.returncode == 0, f"{argv[:3]} failed:\n{stderr[-3000:]}"
-    cpu = usage.ru_utime + usage.ru_stime  # less sensitive than wall time to other jobs on a shared machine
-    result = {"wall_seconds": wall, "cpu_seconds": cpu, "peak_rss_mb": usage.ru_maxrss / 1024}
+        usage = json.loads(usage_file.read_text()) if usage_file.is_file() else {"status": -1}
+    assert usage["status"] == 0, f"{argv[:3]} failed:\n{stderr[-3000:]}"
+    # cpu is less sensitive than wall time to other jobs on a shared machine; wall includes the launcher's
+    # start-up (about 20 ms)
+    result = {"wall_seconds": wall, "cpu_seconds": usage["cpu"], "peak_rss_mb": usage["maxrss_kb"] / 1024}
     if stdout.strip().startswith("{"):
         result.update(json.loads(stdout.strip().splitlines()[-1]))
     return result
