@@ -374,6 +374,12 @@ def ablate(
     limit: Annotated[
         int | None, typer.Option("--limit", help="Only the first N samples of each benchmark.")
     ] = None,
+    profile: Annotated[
+        bool, typer.Option("--profile", help="Profile each experiment into OUT/profile/SUITE/ID.json.")
+    ] = False,
+    profile_resolutions: Annotated[
+        str, typer.Option("--profile-resolutions", help="Comma-separated sides for --profile.")
+    ] = "448,896",
 ) -> None:
     """Run a suite in the seed's critical-path order, reusing shared phases, then write its report."""
     from tbi_train.run import SuiteProgress
@@ -385,7 +391,8 @@ def ablate(
     try:
         with SuiteProgress(console) as view:
             statuses = run_ablation(suite, _seed_list(seeds), only_ids, preset, out, list(overrides or []),
-                                    on_event=view, benchmarks=benchmarks or None, limit=limit)  # fmt: skip
+                                    on_event=view, benchmarks=benchmarks or None, limit=limit,
+                                    profile=_int_list(profile_resolutions, "--profile-resolutions") if profile else None)  # fmt: skip
     except TrainError as exc:
         _fail(console, exc)
     table = Table("run", "status")
@@ -547,6 +554,7 @@ def profile(
     if csv is not None:
         result.write_csv(csv)
     if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)  # e.g. RUNS/profile/SUITE/, read by tbi report
         json_out.write_text(json.dumps(result.to_dict(), indent=2))
 
 

@@ -350,6 +350,9 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None) -> Path:
     from tbi_train.report.merge_search import merge_search_section
 
     md += merge_search_section(runs_dir, tmp)
+    from tbi_train.report.efficiency import efficiency_section
+
+    md += efficiency_section(runs_dir, tmp)
     (tmp / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     (tmp / "report.html").write_text(_html(md, tmp), encoding="utf-8")
     if out.exists():

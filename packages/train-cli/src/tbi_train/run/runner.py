@@ -196,10 +196,13 @@ def ablate(
     report: bool = True,
     benchmarks: dict[str, str | Path] | None = None,
     limit: int | None = None,
+    profile: Sequence[int] | None = None,
 ) -> dict[str, str]:
     """`tbi ablate SUITE`: every experiment x seed in critical-path order; returns {ID-seedS: status}.
 
     With `report`, the suite report is (re)written to `out/report/` at the end (`tbi_train.report`).
+    With `profile` (image sides in pixels), each finished experiment without a profile yet is profiled at those
+    sides into `out/profile/SUITE/ID.json` (`tbi_train.report.efficiency.record_profile`, once per experiment).
 
     Finished runs are skipped, unfinished ones resumed (their steps are in the store), a failure is recorded in
     the run's result.json and the suite goes on. The suite's rules apply: a SkipRule skips rows once its winner
@@ -236,6 +239,8 @@ def ablate(
                 resolved = resolve_in_suite(suite, exp, preset, seed, tuple(overrides))
                 run_resolved(resolved, out, on_event, benchmarks, limit)
                 status[name] = "done"
+                if profile:
+                    _profile_once(resolved, out, profile)
                 on_event("done", {"id": exp.id, "seed": seed, "seconds": time.perf_counter() - started})
             except Exception as exc:  # a failed experiment is recorded and the suite goes on
                 status[name] = "failed"
@@ -251,6 +256,19 @@ def ablate(
 
         write_report(out)
     return status
+
+
+def _profile_once(resolved: ResolvedExperiment, out: Path, sides: Sequence[int]) -> None:
+    """Record the experiment's efficiency profile unless it exists; a failed profile is logged, the run stays
+    done (the report then lacks that experiment's profile)."""
+    from tbi_train.report.efficiency import profile_file, record_profile
+
+    if profile_file(out, resolved.suite, resolved.id).is_file():
+        return
+    try:
+        record_profile(resolved, out, sides)
+    except Exception as exc:  # the trained run is valid without its profile
+        logger.warning("profiling %s/%s failed: %s", resolved.suite, resolved.id, exc)
 
 
 def _skip_reason(rules, exp_id: str, done: dict[str, dict]) -> str | None:
