@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 
 from tbi_train.config import resolve_config, seed000_phases
@@ -107,17 +106,8 @@ def test_bf16_frozen_lm_halves_its_bytes_trains_and_reloads(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_run_with_frozen_bf16_checkpoints_and_resumes(tmp_path):
-    root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
-    records = []
-    for i in range(8):
-        Image.new("RGB", (24, 24), (30 * i, 90, 200 - 20 * i)).save(root / "images" / f"{i}.png")
-        answer = "빨간색" if i % 2 else "blue"
-        records.append({"id": f"d{i}", "image": f"images/{i}.png", "answers": [answer],
-                        "conversations": [{"from": "human", "value": "<image>\nColour?"},
-                                          {"from": "gpt", "value": answer}]})  # fmt: skip
-    (root / "train.json").write_text(json.dumps(records, ensure_ascii=False))
+def test_training_run_with_frozen_bf16_checkpoints_and_resumes(tmp_path, write_colour_data):
+    root = write_colour_data(tmp_path / "data", "d")
     overrides = [f"data.train={root / 'train.json'}", "eval.at_start=false", "eval.limit=0", "model.frozen_dtype=bf16",
                  "checkpoint.every_steps=0", "phases.0.steps=1", "phases.1.steps=1", "phases.2.steps=3"]  # fmt: skip
     overrides += [f"phases.{p}.{k}" for p in range(3) for k in ("batch_size=4", "warmup_steps=0")]

@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 import tbi_train.train.run as run_module
@@ -18,26 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nan-data")
-    (root / "images").mkdir()
-    records = []
-    for i in range(8):
-        Image.new("RGB", (24, 24), (40 * i, 90, 200 - 20 * i)).save(root / "images" / f"{i}.png")
-        answer = "빨간색" if i % 2 else "blue"
-        records.append(
-            {
-                "id": f"n{i}",
-                "image": f"images/{i}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nColour?"},
-                    {"from": "gpt", "value": answer},
-                ],
-                "answers": [answer],
-            }
-        )
-    (root / "train.json").write_text(json.dumps(records, ensure_ascii=False))
-    return root / "train.json"
+def data(tmp_path_factory, write_colour_data):
+    return write_colour_data(tmp_path_factory.mktemp("nan-data"), "n") / "train.json"
 
 
 def _cfg(data, policy):

@@ -18,18 +18,8 @@ GOLD = ["report", "invoice", "2019", "서울"]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    (root / "images").mkdir()
-    records = []
-    for i in range(8):
-        Image.new("RGB", (24, 24), (30 * i, 90, 200 - 20 * i)).save(root / "images" / f"{i}.png")
-        answer = "빨간색" if i % 2 else "blue"
-        records.append({"id": f"b{i}", "image": f"images/{i}.png", "answers": [answer],
-                        "conversations": [{"from": "human", "value": "<image>\nColour?"},
-                                          {"from": "gpt", "value": answer}]})  # fmt: skip
-    (root / "train.json").write_text(json.dumps(records, ensure_ascii=False))
-    (root / "val.json").write_text(json.dumps(records[:2], ensure_ascii=False))
+def files(tmp_path_factory, write_colour_data):
+    root = write_colour_data(tmp_path_factory.mktemp("bench"), "b")
     docs = root / "docvqa"
     docs.mkdir()
     for i in range(4):

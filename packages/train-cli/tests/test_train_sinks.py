@@ -7,7 +7,6 @@ import struct
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from tbi_train.config import resolve_config
 from tbi_train.errors import TrainError
@@ -17,27 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sink-data")
-    (root / "images").mkdir()
-    records = []
-    for i in range(8):
-        Image.new("RGB", (24, 24), (30 * i, 90, 200 - 20 * i)).save(root / "images" / f"{i}.png")
-        answer = "빨간색" if i % 2 else "blue"
-        records.append(
-            {
-                "id": f"s{i}",
-                "image": f"images/{i}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nColour?"},
-                    {"from": "gpt", "value": answer},
-                ],
-                "answers": [answer],
-            }
-        )
-    (root / "train.json").write_text(json.dumps(records, ensure_ascii=False))
-    (root / "val.json").write_text(json.dumps(records[:2], ensure_ascii=False))
-    return root
+def data(tmp_path_factory, write_colour_data):
+    return write_colour_data(tmp_path_factory.mktemp("sink-data"), "s")
 
 
 def _cfg(data, *extra):
