@@ -37,3 +37,15 @@ def _write_colour_data(root: Path, id_prefix: str, n: int = 8, n_val: int = 2) -
 def write_colour_data():
     """`write_colour_data(root, id_prefix)`: the tiny colour dataset (train.json + val.json) in `root`."""
     return _write_colour_data
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a test module: the tests compare runs (and subprocesses) bitwise, and two
+    workers share the 2 cores. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -13,12 +12,7 @@ from tbi_train.cli import app
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(root):

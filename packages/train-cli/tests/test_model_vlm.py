@@ -18,12 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CORPUS = ["빨간색 원입니다. A red circle.", "숫자는 3 입니다. The number is three."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(*overrides):

@@ -136,9 +136,4 @@ def test_fsdp2_in_one_process_trains_like_torch_adamw(tmp_path):
     assert net.head.weight is net.embed.weight
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")

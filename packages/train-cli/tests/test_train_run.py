@@ -26,12 +26,7 @@ COLOURS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the resumed subprocess runs with one thread too: bitwise-equal arithmetic
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_split(root, name, n, offset):
