@@ -237,6 +237,31 @@ def test_dare_statistics_kept_fraction_and_expectation():
     assert set(torch.unique(merged).tolist()) <= {0.0, 5.0}
 
 
+@pytest.mark.parametrize("keep", [0.1, 0.5])
+def test_dare_masks_are_independent_across_models_tensors_and_neighbours(keep):
+    """Joint keep frequencies of two models' masks, of two tensors' masks and of neighbouring entries of
+    one mask are keep², within 5 standard deviations, as for independent Bernoulli draws; so are the keep
+    frequencies of each residue class of the index (no period in the stream)."""
+    n = 1 << 20
+    a = dare_keep_mask(n, keep, seed=3, tensor_name="w", model_name="en").numpy()
+    b = dare_keep_mask(n, keep, seed=3, tensor_name="w", model_name="ko").numpy()
+    c = dare_keep_mask(n, keep, seed=3, tensor_name="v", model_name="en").numpy()
+    pairs = {
+        "models": (a, b),
+        "tensors": (a, c),
+        "neighbours": (a[:-1], a[1:]),
+        "stride 64": (a[:-64], a[64:]),
+    }
+    for what, (x, y) in pairs.items():
+        joint = float((x & y).mean())
+        sd = math.sqrt(keep**2 * (1 - keep**2) / x.size)
+        assert abs(joint - keep**2) < 5 * sd, what
+    for period in (2, 16, 256):
+        frac = a.reshape(-1, period).mean(0)  # keep frequency of each residue class mod period
+        sd = math.sqrt(keep * (1 - keep) / (n // period))
+        assert np.abs(frac - keep).max() < 5 * sd, period
+
+
 def test_dare_reproducible_whatever_order_and_company():
     gen = torch.Generator().manual_seed(1)
     base = torch.randn(300, 7, generator=gen)
@@ -336,8 +361,10 @@ def test_chunking_and_threads_do_not_change_the_result(monkeypatch, method):
     assert torch.equal(one, two) and s1 == s2
 
 
-def test_bf16_inputs_equal_the_float32_path():
-    """The bf16 bit-pattern path rounds to bf16 exactly like torch does on the float64 reference."""
+def test_bf16_inputs_round_once_from_float32():
+    """The bf16 bit-pattern path computes in float32 and rounds once to bf16 (nearest even, as torch): it
+    equals the float64 reference rounded to bf16, except where that reference lies within float32 rounding
+    error of a bf16 rounding midpoint, and there it is the other neighbour."""
     gen = torch.Generator().manual_seed(8)
     base = (torch.randn(40, 97, generator=gen) * 0.02).to(torch.bfloat16)
     fts = {m: (base.float() + torch.randn(40, 97, generator=gen) * 2e-3).to(torch.bfloat16) for m in "ab"}
@@ -350,7 +377,11 @@ def test_bf16_inputs_equal_the_float32_path():
             normalize=method != "task_arithmetic",
         )  # fmt: skip
         assert got.dtype == torch.bfloat16
-        assert torch.equal(got, ref.to(torch.bfloat16)), method
+        rounded = ref.to(torch.bfloat16)
+        off = got != rounded
+        assert int(off.sum()) <= 0.01 * got.numel(), method
+        mid = (got[off].double() + rounded[off].double()) / 2  # the midpoint between the two neighbours
+        assert torch.all((ref[off] - mid).abs() <= 8 * 2**-24 * ref[off].abs()), method
 
 
 @pytest.mark.parametrize("path", ["all", "sampled", "sampled_one_chunk", "fallback"])

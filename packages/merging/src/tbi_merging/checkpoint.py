@@ -8,11 +8,14 @@ as soon as it is merged, so no shard is ever held in memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tbi_merging.errors import MergeError
@@ -35,6 +38,9 @@ _DTYPES: dict[str, torch.dtype] = {
     "F8_E5M2": torch.float8_e5m2,
 }
 _CODES = {v: k for k, v in _DTYPES.items()}
+# dtypes the merge kernels read in place from a memory map (bf16 as its uint16 bit patterns)
+_MAPPED = {torch.bfloat16: np.dtype(np.uint16), torch.float32: np.dtype(np.float32)}
+_PAGE = mmap.PAGESIZE
 
 
 @dataclass(frozen=True)
@@ -127,10 +133,30 @@ class LazyTensor:
     a tensor holds only a chunk of each model in memory instead of whole tensors.
     """
 
-    def __init__(self, info: TensorInfo, name: str, label: str) -> None:
+    def __init__(self, info: TensorInfo, name: str, label: str, owner: Checkpoint) -> None:
         self.info, self.name, self.label = info, name, label
         self.shape = torch.Size(info.shape)
         self.dtype = info.dtype
+        self._owner = owner
+        if info.dtype not in _MAPPED:
+            self.view = None  # the merge core reads other dtypes into buffers and converts them
+
+    def view(self, start: int, count: int) -> np.ndarray:
+        """Flat elements [start, start + count) as a read-only array over the shard's memory map (no copy;
+        bf16 as uint16 bit patterns). Pages are read on first touch; :meth:`release` drops them again."""
+        dtype = _MAPPED[self.dtype]
+        return np.frombuffer(
+            self._owner.mapped(self.info.file), dtype, count, self.info.offset + start * dtype.itemsize
+        )
+
+    def release(self, start: int, count: int) -> None:
+        """Drop the pages of elements [start, start + count) from this process's resident set (the file
+        stays in the page cache): a streamed tensor never holds more than a chunk per model."""
+        size = _MAPPED[self.dtype].itemsize
+        first = (self.info.offset + start * size) // _PAGE * _PAGE
+        self._owner.mapped(self.info.file).madvise(
+            mmap.MADV_DONTNEED, first, self.info.offset + (start + count) * size - first
+        )
 
     def numel(self) -> int:
         return self.shape.numel()
@@ -201,6 +227,7 @@ class Checkpoint:
                 "(re-save .bin checkpoints with save_pretrained(..., safe_serialization=True))"
             )
         self.sharded = weight_map is not None
+        self._maps: dict[Path, mmap.mmap] = {}
         self.infos: dict[str, TensorInfo] = {}
         self.shard_tensors: dict[str, list[str]] = {}
         for shard in self.shards:
@@ -236,10 +263,22 @@ class Checkpoint:
 
     def lazy(self, name: str) -> LazyTensor:
         """The tensor left on disk, read range by range by the merge core."""
-        return LazyTensor(self.infos[name], name, self.label)
+        return LazyTensor(self.infos[name], name, self.label, self)
+
+    def mapped(self, file: Path) -> mmap.mmap:
+        """The read-only memory map of one shard file, opened on first use."""
+        mm = self._maps.get(file)
+        if mm is None:
+            with file.open("rb") as f:
+                mm = self._maps[file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return mm
 
     def close(self) -> None:
-        """Nothing is kept open between tensors."""
+        """Close the shard maps (one still exported to a live array closes when that array is freed)."""
+        for mm in self._maps.values():
+            with contextlib.suppress(BufferError):
+                mm.close()
+        self._maps.clear()
 
 
 class ShardWriter:

@@ -14,10 +14,11 @@ Notation for one tensor: base θ₀, fine-tunes θ₁…θ_M with weights w₁�
 ``paper`` (the formulas above), ``mergekit`` (sign election on w_i δ̂_i, DARE rescale matching the L1
 norm of the task vector), ``peft`` (disjoint mean divided by the number of agreeing models).
 
-Every entry is computed in float64 from the stored values (bf16/fp16/fp32), in one fused pass per chunk
-of ``CHUNK`` entries (:mod:`tbi_merging._kernels`), and the result is rounded to the base dtype. The DARE
-keep decision of entry j of tensor T for model M is u_j < 1 − p with u_j = splitmix64 of (hash(seed, T, M),
-j): it depends on nothing else, so a merge is reproducible whatever the order, chunking or thread count.
+Every entry is computed in float32 from the stored values (bf16/fp16/fp32; a difference of two bf16 values
+is exact in float32), in one fused pass per chunk of ``CHUNK`` entries (:mod:`tbi_merging._kernels`), and the
+result is rounded once to the base dtype. The DARE keep decision of entry j of tensor T for model M is a
+32-bit counter-based draw of (hash(seed, T, M), j) below round((1 − p)·2³²): it depends on nothing else, so a
+merge is reproducible whatever the order, chunking or thread count.
 """
 
 from __future__ import annotations
@@ -111,13 +112,19 @@ def dare_keep_mask(
 ) -> torch.Tensor:
     """The boolean DARE keep mask (flat, ``numel`` entries) that :func:`merge_tensors` uses.
 
-    Entry j is kept iff u_j < keep_prob, with u_j the top 53 bits of
-    splitmix64(key + (j + 1)·0x9E3779B97F4A7C15) over 2⁵³ and key = :func:`dare_seed` (seed, tensor_name,
-    model_name).
+    Entry j is kept iff h((j_lo + k_lo) ⊕ (k_hi + j_hi)) < round(keep_prob · 2³²), with h the 32-bit
+    ``lowbias32`` mixer, j_lo/j_hi the low/high 32 bits of j and (k_hi, k_lo) the halves of the 64-bit key
+    :func:`dare_seed` (seed, tensor_name, model_name).
     """
     out = np.empty(numel, dtype=np.bool_)
-    _kernels.keep_mask(np.uint64(dare_seed(seed, tensor_name, model_name)), float(keep_prob), 0, out)
+    key = np.uint64(dare_seed(seed, tensor_name, model_name))
+    _kernels.keep_mask(key, keep_threshold(keep_prob), 0, out)
     return torch.from_numpy(out)
+
+
+def keep_threshold(keep_prob: float) -> np.uint32:
+    """The 32-bit draw bound of a DARE keep probability: P(draw < bound) = bound / 2³² ≈ keep_prob."""
+    return np.uint32(min(0xFFFFFFFF, round(keep_prob * 2**32)))
 
 
 def _named(finetuned: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> tuple[list[str], list]:
@@ -297,13 +304,42 @@ def _fill(src, start: int, dst: torch.Tensor) -> None:
         dst.copy_(src[start : start + dst.numel()])
 
 
-class _Engine:
-    """Chunk buffers and a thread pool for one tensor; runs the fused kernels of :mod:`_kernels` pass by pass.
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only view: the kernels take every input with one array type, and read-only is what a
+    memory map gives."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
 
-    Inputs are bf16 bit patterns (uint16) when the base and every model store bf16, else float32 (other
-    dtypes are converted chunk by chunk). Chunks are re-read from the sources on every pass (a
-    :class:`~tbi_merging.checkpoint.LazyTensor` reads straight into the buffers), so memory stays at
-    (models + 2) chunks whatever the tensor size.
+
+def _numpy_flat(src, dtype: torch.dtype) -> np.ndarray | None:
+    """The whole in-memory tensor as a flat numpy view (bf16 as uint16 bit patterns), or None if it must be
+    converted or read."""
+    if not isinstance(src, torch.Tensor) or src.dtype != dtype or not src.is_contiguous():
+        return None
+    flat = src.reshape(-1)
+    return _readonly(flat.view(torch.uint16).numpy() if dtype == torch.bfloat16 else flat.numpy())
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per thread count for the whole process: starting threads for each of a model's hundreds of
+    tensors costs more than merging the small ones."""
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="tbi-merge")
+    return _POOLS[threads]
+
+
+class _Engine:
+    """Chunk windows and a thread pool for one tensor; runs the fused kernels of :mod:`_kernels` pass by pass.
+
+    Inputs are bf16 bit patterns (uint16) when the base and every model store bf16, else float32. Each
+    chunk of each source is a zero-copy window where possible (an in-memory tensor, or a
+    :class:`~tbi_merging.checkpoint.LazyTensor`'s memory map, released after the chunk) and otherwise a
+    buffer the chunk is read or converted into. Chunks are taken again on every pass, so memory stays
+    at a few chunks per model whatever the tensor size.
     """
 
     def __init__(self, base, names: list[str], tuned: list, n: int, threads: int) -> None:
@@ -312,31 +348,50 @@ class _Engine:
         self.n = n
         self.base_dtype = base.dtype
         bf16 = all(s.dtype == torch.bfloat16 for s in self.sources)
-        dtype = torch.bfloat16 if bf16 else torch.float32
+        self.dtype = torch.bfloat16 if bf16 else torch.float32
         size = max(1, min(n, CHUNK))
-        self.buf = torch.empty(len(self.sources), size, dtype=dtype)  # [1 + M, C]: base, then models
-        self.out = torch.empty(size, dtype=dtype)
-        as_np = (lambda t: t.view(torch.uint16).numpy()) if bf16 else (lambda t: t.numpy())
-        self.b = as_np(self.buf[0])
-        self.t = as_np(self.buf[1:])  # [M, C], C-contiguous rows
-        self.out_np = as_np(self.out)
+        self.whole = [_numpy_flat(s, self.dtype) for s in self.sources]
+        self.buf = [
+            None
+            if w is not None or (getattr(s, "view", None) is not None and s.dtype == self.dtype)
+            else torch.empty(size, dtype=self.dtype)
+            for s, w in zip(self.sources, self.whole)
+        ]  # a chunk buffer for each source that can be neither viewed nor mapped
+        self.out = torch.empty(size, dtype=self.dtype)
+        self.out_np = self._np(self.out)
+        self.b, self.t = None, ()
         self.threads = max(1, int(threads))
-        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 and n >= _MIN_SPLIT else None
+        self.pool = _pool(self.threads) if self.threads > 1 and n >= _MIN_SPLIT else None
+
+    def _np(self, t: torch.Tensor) -> np.ndarray:
+        return t.view(torch.uint16).numpy() if self.dtype == torch.bfloat16 else t.numpy()
 
     def __enter__(self) -> _Engine:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+        self.b, self.t = None, ()  # drop the windows before the maps close
+
+    def window(self, i: int, start: int, c: int) -> np.ndarray:
+        """Entries [start, start + c) of source i (0 = the base) as a read-only array of the kernels' dtype."""
+        src = self.sources[i]
+        if self.whole[i] is not None:
+            return self.whole[i][start : start + c]
+        if self.buf[i] is None:
+            return src.view(start, c)
+        _fill(src, start, self.buf[i][:c])
+        return _readonly(self._np(self.buf[i][:c]))
 
     def chunks(self):
-        """Yield (start, count) after filling the buffers with entries [start, start + count)."""
+        """Yield (start, count) with self.b, self.t the windows of entries [start, start + count)."""
         for start in range(0, self.n, CHUNK):
             c = min(self.n, start + CHUNK) - start
-            for row, src in zip(self.buf, self.sources):
-                _fill(src, start, row[:c])
+            windows = [self.window(i, start, c) for i in range(len(self.sources))]
+            self.b, self.t = windows[0], tuple(windows[1:])
             yield start, c
+            self.b, self.t = None, ()
+            del windows
+            self.release(start, c)  # the chunk's pages leave this process's resident set
 
     def ranges(self, c: int) -> list[tuple[int, int]]:
         if self.pool is None or c < _MIN_SPLIT:
@@ -360,7 +415,7 @@ class _Engine:
                     "re-export that checkpoint, or pass check_finite=False / --allow-nonfinite to merge anyway"
                 )
 
-    def thresholds(self, k: int, keys, keep_prob: float, dare: bool, check: bool, where: str):
+    def thresholds(self, k: int, keys, keep_thr, dare: bool, check: bool, where: str):
         """Per model: the float32 bit pattern of the k-th largest masked |δ_i| and the flat index below which
         entries equal to it are kept (exactly k kept, ties in flat order).
 
@@ -369,7 +424,7 @@ class _Engine:
         found. If the bracket missed (or held too many entries), :meth:`radix_thresholds` does it exactly.
         """
         m = len(self.names)
-        lo_bits, hi_bits, cap = self._bracket(k, keys, keep_prob, dare)
+        lo_bits, hi_bits, cap = self._bracket(k, keys, keep_thr, dare)
         ranges = self.ranges(min(self.n, CHUNK))
         per = cap if len(ranges) == 1 else cap // len(ranges) + cap // 4 + 4096
         above = [np.zeros(m, dtype=np.int64) for _ in ranges]
@@ -379,7 +434,7 @@ class _Engine:
 
         def collect(r, lo, hi, start):
             return _kernels.bracket_pass(
-                self.b, self.t, lo, hi, start, keys, keep_prob, dare, lo_bits, hi_bits, above[r],
+                self.b, self.t, lo, hi, start, keys, keep_thr, dare, lo_bits, hi_bits, above[r],
                 cand_bits[r], cand_pos[r], n_cand[r], check,
             )  # fmt: skip
 
@@ -388,60 +443,61 @@ class _Engine:
         thr = np.zeros(m, dtype=np.uint32)
         cut = np.full(m, self.n, dtype=np.int64)
         for i in range(m):
-            if any(nc[i] > per for nc in n_cand):
-                return self.radix_thresholds(k, keys, keep_prob, dare)
+            counts = np.array([nc[i] for nc in n_cand], dtype=np.int64)
             rank = k - sum(int(a[i]) for a in above)  # rank of the k-th largest among the candidates
-            bits = np.concatenate([cb[i, : nc[i]] for cb, nc in zip(cand_bits, n_cand)])
-            if not 1 <= rank <= bits.size:
-                return self.radix_thresholds(k, keys, keep_prob, dare)
-            thr[i] = np.partition(bits, bits.size - rank)[bits.size - rank]
-            keep_ties = rank - int((bits > thr[i]).sum())
-            pos = np.concatenate([cp[i, : nc[i]] for cp, nc in zip(cand_pos, n_cand)])
-            ties = np.sort(pos[bits == thr[i]])
-            if keep_ties < ties.size:
-                cut[i] = ties[keep_ties - 1] + 1
+            if (counts > per).any() or not 1 <= rank <= counts.sum():
+                return self.radix_thresholds(k, keys, keep_thr, dare)
+            thr[i], c = _kernels.select_candidates(
+                tuple(cb[i] for cb in cand_bits), tuple(cp[i] for cp in cand_pos), counts, rank, True
+            )
+            if c >= 0:
+                cut[i] = c
         return thr, cut
 
-    def _bracket(self, k: int, keys, keep_prob: float, dare: bool):
+    def _bracket(self, k: int, keys, keep_thr, dare: bool):
         """Bit-pattern bounds per model that hold the k-th largest masked |δ_i| with near certainty, from
         _SAMPLE_BLOCKS evenly spaced blocks (everything for small tensors), and a candidate capacity."""
         m, n = len(self.names), self.n
-        if n <= _SAMPLE_BLOCKS * _SAMPLE_LEN:
-            return np.zeros(m, dtype=np.uint32), np.full(m, 0xFFFFFFFF, dtype=np.uint32), n
         size = _SAMPLE_BLOCKS * _SAMPLE_LEN
-        sample = np.empty((m, size), dtype=np.int64)
-        block = np.empty((m, _SAMPLE_LEN), dtype=np.uint32)
-        if n <= CHUNK:  # sample the chunk buffers (the passes reuse them without reading again)
-            next(self.chunks())
-            b, t, small = self.b, self.t, None
-        else:  # a few small reads
-            small = torch.empty(1 + m, _SAMPLE_LEN, dtype=self.buf.dtype)
-            bf16 = small.dtype == torch.bfloat16
-            arr = small.view(torch.uint16).numpy() if bf16 else small.numpy()  # views: _fill writes through
-            b, t = arr[0], arr[1:]
-        for r, start in enumerate(np.linspace(0, n - _SAMPLE_LEN, _SAMPLE_BLOCKS).astype(np.int64)):
-            start = int(start)
-            if small is None:
-                _kernels.magnitude_bits(b, t, start, start + _SAMPLE_LEN, 0, keys, keep_prob, dare, block)
-            else:
-                for row, src in zip(small, self.sources):
-                    _fill(src, start, row)
-                _kernels.magnitude_bits(b, t, 0, _SAMPLE_LEN, start, keys, keep_prob, dare, block)
-            sample[:, r * _SAMPLE_LEN : (r + 1) * _SAMPLE_LEN] = block
-        sample = -np.sort(-sample, axis=1)  # descending
+        if n <= size:
+            return np.zeros(m, dtype=np.uint32), np.full(m, 0xFFFFFFFF, dtype=np.uint32), n
+        starts = np.linspace(0, n - _SAMPLE_LEN, _SAMPLE_BLOCKS).astype(np.int64)
+        sample = np.empty((m, size), dtype=np.uint32)
+        if all(buf is None for buf in self.buf):  # zero-copy windows: one call reads every block
+            w = [self.window(i, 0, n) for i in range(1 + m)]
+            _kernels.sample_bits(w[0], tuple(w[1:]), 0, starts, _SAMPLE_LEN, keys, keep_thr, dare, sample, 0)
+            del w
+            self.release(0, n)
+        else:
+            one = np.zeros(1, dtype=np.int64)
+            for r, start in enumerate(starts.tolist()):
+                w = [self.window(i, start, _SAMPLE_LEN) for i in range(1 + m)]
+                _kernels.sample_bits(
+                    w[0], tuple(w[1:]), start, one, _SAMPLE_LEN, keys, keep_thr, dare, sample, r
+                )
         q = k / n
-        margin = (
-            6.0 * (size * q * (1.0 - q)) ** 0.5 + size / 256
-        )  # binomial spread of the sample rank, + slack
-        top = int(q * size - margin)  # sample entries ranked above this are surely in the top k
+        # 6 binomial standard deviations of the sample rank, plus slack for blocks not being independent
+        margin = 6.0 * (size * q * (1.0 - q)) ** 0.5 + size / 1024
+        top = int(q * size - margin)  # descending sample ranks: entries above `top` are surely in the top k
         bottom = int(q * size + margin) + 1
-        hi_bits = sample[:, top] if top >= 0 else np.full(m, 0xFFFFFFFF)
-        lo_bits = sample[:, bottom] if bottom < size else np.zeros(m)
+        hi_bits = np.full(m, 0xFFFFFFFF, dtype=np.uint32)
+        lo_bits = np.zeros(m, dtype=np.uint32)
+        for i in range(m):
+            if top >= 0:
+                hi_bits[i] = _kernels.kth_largest(sample[i], top + 1)
+            if bottom < size:
+                lo_bits[i] = _kernels.kth_largest(sample[i], bottom + 1)
         inside = ((sample >= lo_bits[:, None]) & (sample <= hi_bits[:, None])).sum(1).max()  # ties included
         cap = int(1.5 * n * inside / size) + 4096
         return lo_bits.astype(np.uint32), hi_bits.astype(np.uint32), cap
 
-    def radix_thresholds(self, k: int, keys, keep_prob: float, dare: bool):
+    def release(self, start: int, c: int) -> None:
+        """Drop entries [start, start + c) of the memory-mapped sources from the resident set."""
+        for src, buf, whole in zip(self.sources, self.buf, self.whole):
+            if buf is None and whole is None:
+                src.release(start, c)
+
+    def radix_thresholds(self, k: int, keys, keep_thr, dare: bool):
         """:meth:`thresholds` without sampling: two histogram passes (radix select on the high, then the
         low 16 bits of the bit patterns) and, when only some ties are kept, a partial third pass."""
         m = len(self.names)
@@ -449,7 +505,7 @@ class _Engine:
         hibin = np.full(m, -1, dtype=np.int64)
 
         def hist(r, lo, hi, start):
-            return _kernels.hist_pass(self.b, self.t, lo, hi, start, keys, keep_prob, dare, hibin, hists[r])
+            return _kernels.hist_pass(self.b, self.t, lo, hi, start, keys, keep_thr, dare, hibin, hists[r])
 
         for start, c in self.chunks():
             self.run(hist, start, c)
@@ -472,10 +528,10 @@ class _Engine:
             if keep_ties < total_lo[i, lo_bin]:
                 need[i] = keep_ties
         if need.any():
-            self._cut_ties(thr, need, cut, keys, keep_prob, dare)
+            self._cut_ties(thr, need, cut, keys, keep_thr, dare)
         return thr, cut
 
-    def _cut_ties(self, thr, need, cut, keys, keep_prob, dare) -> None:
+    def _cut_ties(self, thr, need, cut, keys, keep_thr, dare) -> None:
         """cut[i] = 1 + flat index of the need[i]-th tie of model i, for the models with need[i] > 0."""
         m = len(self.names)
         seen = np.zeros(m, dtype=np.int64)
@@ -486,7 +542,7 @@ class _Engine:
 
             def count(r, lo, hi, start, counts=counts):
                 _kernels.count_ties(
-                    self.b, self.t, lo, hi, start, keys, keep_prob, dare, thr, active, counts[r]
+                    self.b, self.t, lo, hi, start, keys, keep_thr, dare, thr, active, counts[r]
                 )
 
             self.run(count, start, c)
@@ -501,7 +557,7 @@ class _Engine:
                             hi,
                             start,
                             keys[i],
-                            keep_prob,
+                            keep_thr,
                             dare,
                             thr[i],
                             need[i] - seen[i],
@@ -512,12 +568,12 @@ class _Engine:
             if not active.any():
                 return
 
-    def l1_factors(self, keys, keep_prob: float) -> np.ndarray:
+    def l1_factors(self, keys, keep_thr) -> np.ndarray:
         """mergekit's DARE rescale per model: ‖δ_i‖₁ / ‖m_i ⊙ δ_i‖₁ (1 when either is below 1e-7)."""
         sums = [np.zeros((len(self.names), 2)) for _ in range(self.threads)]
 
         def l1(r, lo, hi, start):
-            _kernels.l1_pass(self.b, self.t, lo, hi, start, keys, keep_prob, sums[r])
+            _kernels.l1_pass(self.b, self.t, lo, hi, start, keys, keep_thr, sums[r])
 
         for start, c in self.chunks():
             self.run(l1, start, c)
@@ -530,6 +586,7 @@ class _Engine:
         m = len(self.names)
         keys = np.array(keys, dtype=np.uint64)
         dare = keep_prob < 1.0
+        keep_thr = keep_threshold(keep_prob)
         thr = np.zeros(m, dtype=np.uint32)
         cut = np.zeros(m, dtype=np.int64)
         if trim < 1.0:
@@ -537,19 +594,22 @@ class _Engine:
             if k == 0:
                 thr[:] = 0x7F800000  # +inf: nothing finite is kept
             else:
-                thr, cut = self.thresholds(k, keys, keep_prob, dare, check, where)
+                thr, cut = self.thresholds(k, keys, keep_thr, dare, check, where)
                 check = False
         factor = np.ones(m)
         if rescale:
-            factor = self.l1_factors(keys, keep_prob) if compat == "mergekit" else factor / keep_prob
+            factor = self.l1_factors(keys, keep_thr) if compat == "mergekit" else factor / keep_prob
+        factor = factor.astype(np.float32)  # the kernels compute in float32
         w = np.array(weights, dtype=np.float64)
-        total = float(w.sum()) if abs(float(w.sum())) >= 1e-8 else 1.0
+        total = np.float32(w.sum() if abs(float(w.sum())) >= 1e-8 else 1.0)
+        w = w.astype(np.float32)
+        scale = np.float32(scale)
         kept = [np.zeros(m, dtype=np.int64) for _ in range(self.threads)]
         conflicts = [np.zeros(1, dtype=np.int64) for _ in range(self.threads)]
 
         def fused(r, lo, hi, start):
             return _kernels.merge_pass(
-                self.b, self.t, self.out_np, lo, hi, start, keys, keep_prob, dare, trim < 1.0, thr, cut,
+                self.b, self.t, self.out_np, lo, hi, start, keys, keep_thr, dare, trim < 1.0, thr, cut,
                 factor, w, mode, mass, norm, total, scale, kept[r], conflicts[r], check,
             )  # fmt: skip
 
