@@ -231,13 +231,14 @@ def _save(results: dict) -> None:
 
 def _summary(r: dict) -> dict:
     out: dict[str, float] = {}
-    base = r.get("baseline", {}).get("work_seconds")
+    base = r.get("baseline", {})
     for method in ("ties", "dare_ties"):
         ours = r.get(f"ours_{method}")
         if not ours:
             continue
-        if base:
-            out[f"{method}_merge_over_read_write"] = ours["seconds"] / base
+        if base:  # the merge's own time against the copy's, and the whole processes (same imports)
+            out[f"{method}_merge_over_read_write"] = ours["seconds"] / base["work_seconds"]
+            out[f"{method}_merge_over_read_write_process_wall"] = ours["wall_seconds"] / base["wall_seconds"]
         mk = r.get(f"mergekit_{method}")
         if mk:
             out[f"{method}_mergekit_over_ours_wall"] = mk["wall_seconds"] / ours["wall_seconds"]

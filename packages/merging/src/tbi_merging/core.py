@@ -404,7 +404,9 @@ class _Engine:
         ranges = self.ranges(c)
         if len(ranges) == 1:
             return [fn(0, 0, c, start)]
-        return list(self.pool.map(lambda a: fn(a[0], *a[1], start), enumerate(ranges)))
+        others = [self.pool.submit(fn, r, lo, hi, start) for r, (lo, hi) in enumerate(ranges) if r]
+        first = fn(0, *ranges[0], start)  # this thread takes the first range
+        return [first] + [f.result() for f in others]
 
     def raise_bad(self, results, start: int, where: str) -> None:
         for who, j in results:
