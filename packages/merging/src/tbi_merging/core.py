@@ -465,17 +465,19 @@ class _Engine:
             return np.zeros(m, dtype=np.uint32), np.full(m, 0xFFFFFFFF, dtype=np.uint32), n
         starts = np.linspace(0, n - _SAMPLE_LEN, _SAMPLE_BLOCKS).astype(np.int64)
         sample = np.empty((m, size), dtype=np.uint32)
-        if all(buf is None for buf in self.buf):  # zero-copy windows: one call reads every block
-            w = [self.window(i, 0, n) for i in range(1 + m)]
-            _kernels.sample_bits(w[0], tuple(w[1:]), 0, starts, _SAMPLE_LEN, keys, keep_thr, dare, sample, 0)
-            del w
-            self.release(0, n)
-        else:
+        if all(w is not None for w in self.whole):  # in memory: one call reads every block
+            _kernels.sample_bits(
+                self.whole[0], tuple(self.whole[1:]), 0, starts, _SAMPLE_LEN, keys, keep_thr, dare, sample, 0
+            )
+        else:  # a few small reads: touching a memory map here would map a large folio (~1 MB) per block
+            small = torch.empty(1 + m, _SAMPLE_LEN, dtype=self.dtype)
+            rows = [_readonly(self._np(row)) for row in small]  # views: _fill writes through
             one = np.zeros(1, dtype=np.int64)
             for r, start in enumerate(starts.tolist()):
-                w = [self.window(i, start, _SAMPLE_LEN) for i in range(1 + m)]
+                for row, src in zip(small, self.sources):
+                    _fill(src, start, row)
                 _kernels.sample_bits(
-                    w[0], tuple(w[1:]), start, one, _SAMPLE_LEN, keys, keep_thr, dare, sample, r
+                    rows[0], tuple(rows[1:]), start, one, _SAMPLE_LEN, keys, keep_thr, dare, sample, r
                 )
         q = k / n
         # 6 binomial standard deviations of the sample rank, plus slack for blocks not being independent
