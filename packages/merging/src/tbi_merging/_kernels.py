@@ -15,6 +15,9 @@ mask; two 32-bit multiplies keep it at a few instructions per entry.
 
 Error returns: the kernels that check their inputs return ``(who, j)`` for the first non-finite input entry
 (``who`` = −1 for the base, i for model i; j local to the chunk) when ``check`` is set, else ``(-2, -1)``.
+A non-finite input makes its delta non-finite whatever the mask (NaN·0 and ∞·0 are NaN), so the check
+looks at the block's deltas, already in L1, and reads the inputs again only when one is not finite (a
+delta can also overflow from finite inputs; then the inputs pass and the merge goes on).
 """
 
 from __future__ import annotations
@@ -260,10 +263,10 @@ def bracket_pass(
     for s in range(lo, hi, _BLOCK):
         e = min(hi, s + _BLOCK)
         n = e - s
-        if check and _n_bad(b, t, s, e):
-            return _first_bad(b, t, s, e)
         for i in range(len(t)):
             _deltas(b, t[i], s, e, j0, keys[i], keep_thr, dare, False, _U32(0), 0, _ONE, d, draws)
+            if check and _count_bad(d[:n]) and _n_bad(b, t, s, e):
+                return _first_bad(b, t, s, e)
             h = hi_bits[i]
             low = lo_bits[i]
             a = 0
@@ -424,11 +427,11 @@ def merge_pass(
     for s in range(lo, hi, _BLOCK):
         e = min(hi, s + _BLOCK)
         n = e - s
-        if check and _n_bad(b, t, s, e):
-            return _first_bad(b, t, s, e)
         for i in range(m):
             _deltas(b, t[i], s, e, j0, keys[i], keep_thr, dare, trim, thr[i], cut[i], factor[i], d[i], draws)
             di = d[i]
+            if check and _count_bad(di[:n]) and _n_bad(b, t, s, e):
+                return _first_bad(b, t, s, e)
             c = 0
             for q in range(n):
                 c += di[q] != _ZERO
