@@ -463,21 +463,25 @@ def select_candidates(parts_bits, parts_pos, counts, rank, want_cut):
     within each range); want_cut=False skips the tie cut. A radix select on the high, then the low 16 bits finds the value in two
     counting passes; the kept ties are the first ones in flat order."""
     hist = np.zeros(1 << 16, dtype=np.int64)
+    hi = 0  # the scans start at the largest bin in use, not at the top of the range
     for r in range(len(counts)):
         for q in range(counts[r]):
-            hist[parts_bits[r][q] >> _U32(16)] += 1
+            x = np.int64(parts_bits[r][q] >> _U32(16))
+            hist[x] += 1
+            hi = max(hi, x)
     above = 0
-    hi = (1 << 16) - 1
     while above + hist[hi] < rank:
         above += hist[hi]
         hi -= 1
     hist[:] = 0
+    lo = 0
     for r in range(len(counts)):
         for q in range(counts[r]):
             x = parts_bits[r][q]
             if (x >> _U32(16)) == hi:
-                hist[x & _U32(0xFFFF)] += 1
-    lo = (1 << 16) - 1
+                y = np.int64(x & _U32(0xFFFF))
+                hist[y] += 1
+                lo = max(lo, y)
     while above + hist[lo] < rank:
         above += hist[lo]
         lo -= 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,8 +174,17 @@ class LazyTensor:
         return self
 
     def read_into(self, start: int, out: torch.Tensor) -> None:
-        """Read flat elements [start, start + out.numel()) into ``out`` (contiguous, this tensor's dtype)."""
-        _read_into(self.info, self.name, start, out, self.label)
+        """Read flat elements [start, start + out.numel()) into ``out`` (contiguous, this tensor's dtype),
+        with one positioned read on the shard's open file."""
+        buf = out.view(torch.uint8).numpy()
+        got = os.preadv(
+            self._owner.opened(self.info.file), [buf], self.info.offset + start * out.element_size()
+        )
+        if got != buf.size:
+            raise MergeError(
+                f"{self.label}: {self.info.file} ended inside tensor {self.name!r} (read {got} of {buf.size} "
+                "bytes); re-copy or re-save the checkpoint"
+            )
 
     def __getitem__(self, key) -> torch.Tensor:
         if isinstance(key, slice):
@@ -228,6 +238,7 @@ class Checkpoint:
             )
         self.sharded = weight_map is not None
         self._maps: dict[Path, mmap.mmap] = {}
+        self._fds: dict[Path, int] = {}
         self.infos: dict[str, TensorInfo] = {}
         self.shard_tensors: dict[str, list[str]] = {}
         for shard in self.shards:
@@ -266,19 +277,32 @@ class Checkpoint:
         return LazyTensor(self.infos[name], name, self.label, self)
 
     def mapped(self, file: Path) -> mmap.mmap:
-        """The read-only memory map of one shard file, opened on first use."""
+        """The read-only memory map of one shard file, made on first use."""
         mm = self._maps.get(file)
         if mm is None:
-            with file.open("rb") as f:
-                mm = self._maps[file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            mm = self._maps[file] = mmap.mmap(self.opened(file), 0, access=mmap.ACCESS_READ)
         return mm
 
+    def opened(self, file: Path) -> int:
+        """A read-only descriptor of one shard file, opened on first use."""
+        fd = self._fds.get(file)
+        if fd is None:
+            try:
+                fd = self._fds[file] = os.open(file, os.O_RDONLY)
+            except OSError as exc:
+                raise MergeError(f"{self.label}: cannot open {file}: {exc}") from exc
+        return fd
+
     def close(self) -> None:
-        """Close the shard maps (one still exported to a live array closes when that array is freed)."""
+        """Close the shard maps (one still exported to a live array closes when that array is freed) and
+        files."""
         for mm in self._maps.values():
             with contextlib.suppress(BufferError):
                 mm.close()
+        for fd in self._fds.values():
+            os.close(fd)
         self._maps.clear()
+        self._fds.clear()
 
 
 class ShardWriter:
