@@ -1,5 +1,6 @@
 """windowed_rope_attention against a dense float64 reference; backends, packing, errors."""
 
+import os
 import sys
 import types
 
@@ -276,3 +277,36 @@ def test_small_window_path_gradcheck(table_heads, interleaved):
         return small_window_attention(*args[:3], *tables, interleaved, length, 0.7, chunk_rows=2 * length)
 
     assert torch.autograd.gradcheck(fn, tuple(inputs))
+
+
+def _vma_flags(address: int) -> list[str]:
+    """``VmFlags`` of the mapping of this process that contains ``address`` (from /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, stop = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < stop
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping contains {address:#x}")
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not os.path.exists("/sys/kernel/mm/transparent_hugepage"),
+    reason="transparent huge pages are a Linux kernel feature",
+)
+def test_token_sized_buffers_are_advised_to_use_huge_pages():
+    """The fused node's token-sized outputs and gradients (here 32 MB) carry MADV_HUGEPAGE (``hg``) and hold
+    what is written; small requests still get an ordinary buffer of the asked shape and dtype."""
+    from tbi_vision_rope._small_windows import empty_tokens
+
+    big = empty_tokens((1 << 20, 2, 4), torch.float32, torch.device("cpu"))  # 32 MB
+    huge_page = 1 << 21
+    inner = -(-big.data_ptr() // huge_page) * huge_page  # first whole 2 MB page of the buffer
+    assert "hg" in _vma_flags(inner)
+    big.fill_(3.0)
+    assert big.sum().item() == 3.0 * big.numel()
+    small = empty_tokens((1000, 2, 4), torch.float64, torch.device("cpu"))
+    assert small.shape == (1000, 2, 4) and small.dtype == torch.float64
