@@ -185,3 +185,21 @@ def test_usage_errors_return_codes(capsys):
 def test_parser_reads_naturally():
     args = build_parser().parse_args(["--dare", "0.9", "--no-rescale", "--normalize"])
     assert args.dare == 0.9 and args.rescale is False and args.normalize is True
+
+
+def test_merging_full_checkpoints_never_imports_torch(toy, tmp_path):
+    """`python -m tbi_merging` on full checkpoints reads, merges and writes with numpy alone: torch's import
+    (1.4-1.7 s here) would be most of a small merge's time. Same output as the in-process merge."""
+    out = tmp_path / "merged"
+    argv = ["--base", str(toy["base"]), "--model", f"en={toy['en']}:0.6", "--model", f"ko={toy['ko']}:0.4"]
+    argv += ["--method", "ties", "--density", "0.5", "--out", str(out), "--no-progress"]
+    script = (
+        "import sys; from tbi_merging.cli import main; code = main(sys.argv[1:]); "
+        "print('torch imported:', 'torch' in sys.modules); sys.exit(code)"
+    )
+    run = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "torch imported: False" in run.stdout
+    assert main([*argv[:-3], "--out", str(tmp_path / "again"), "--no-progress"]) == 0
+    ours, again = _tensors(out), _tensors(tmp_path / "again")
+    assert ours.keys() == again.keys() and all(torch.equal(ours[k], again[k]) for k in ours)

@@ -1,5 +1,10 @@
 """Hugging Face safetensors checkpoints, read and written one tensor at a time.
 
+The streaming path needs no torch: headers are parsed into dtype codes, merged tensors are read as numpy
+views of a memory map, copied tensors as bytes, and the output is written from numpy arrays or bytes. torch
+is imported only to return torch tensors (``get``, flat slices) for adapters, vocabulary alignment and
+the ``linear`` method.
+
 Reading validates every shard's header before anything is merged (a missing shard, a truncated file or a
 tensor absent from the shard the index names fails early, naming the file). Writing streams: the header
 of each output shard is written first (all shapes are known from the plan), then each tensor's bytes
@@ -15,33 +20,62 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from tbi_merging.errors import MergeError
 
+if TYPE_CHECKING:
+    import torch
+
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
-_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
+#: safetensors dtype code: (torch dtype name, bytes per element, floating point)
+DTYPES: dict[str, tuple[str, int, bool]] = {
+    "F64": ("float64", 8, True),
+    "F32": ("float32", 4, True),
+    "F16": ("float16", 2, True),
+    "BF16": ("bfloat16", 2, True),
+    "I64": ("int64", 8, False),
+    "I32": ("int32", 4, False),
+    "I16": ("int16", 2, False),
+    "I8": ("int8", 1, False),
+    "U8": ("uint8", 1, False),
+    "BOOL": ("bool", 1, False),
+    "F8_E4M3": ("float8_e4m3fn", 1, True),
+    "F8_E5M2": ("float8_e5m2", 1, True),
 }
-_CODES = {v: k for k, v in _DTYPES.items()}
-# dtypes the merge kernels read in place from a memory map (bf16 as its uint16 bit patterns)
-_MAPPED = {torch.bfloat16: np.dtype(np.uint16), torch.float32: np.dtype(np.float32)}
+_CODE_OF_TORCH = {f"torch.{name}": code for code, (name, _, _) in DTYPES.items()}
+# codes the merge kernels read in place from a memory map (bf16 as its uint16 bit patterns)
+MAPPED = {"BF16": np.dtype(np.uint16), "F32": np.dtype(np.float32)}
 _PAGE = mmap.PAGESIZE
+
+
+def is_adapter(path: str | Path) -> bool:
+    """A peft LoRA adapter directory (rather than a full checkpoint)."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def dtype_code(x) -> str:
+    """The safetensors code of a torch dtype, or of a tensor, LazyTensor or TensorInfo."""
+    code = getattr(x, "code", None)
+    if code is not None:
+        return code
+    return _CODE_OF_TORCH[str(getattr(x, "dtype", x))]
+
+
+def torch_dtype(code: str) -> torch.dtype:
+    import torch
+
+    return getattr(torch, DTYPES[code][0])
+
+
+def is_float_code(code: str) -> bool:
+    return DTYPES[code][2]
 
 
 @dataclass(frozen=True)
@@ -49,16 +83,24 @@ class TensorInfo:
     """Where one tensor lives and what it is, from the shard header."""
 
     file: Path
-    dtype: torch.dtype
+    code: str  # safetensors dtype code (BF16, F32, ...)
     shape: tuple[int, ...]
     offset: int = 0  # absolute byte offset of the data in ``file``
 
     @property
-    def nbytes(self) -> int:
+    def numel(self) -> int:
         n = 1
         for s in self.shape:
             n *= s
-        return n * torch.empty(0, dtype=self.dtype).element_size()
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPES[self.code][1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.code)
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
@@ -85,12 +127,10 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     infos: list[tuple[int, str, TensorInfo]] = []
     end = 0
     for name, entry in raw.items():
-        if entry.get("dtype") not in _DTYPES:
+        if entry.get("dtype") not in DTYPES:
             raise MergeError(f"{path}: tensor {name!r} has unsupported dtype {entry.get('dtype')!r}")
         start, stop = entry["data_offsets"]
-        infos.append(
-            (start, name, TensorInfo(path, _DTYPES[entry["dtype"]], tuple(entry["shape"]), 8 + n + start))
-        )
+        infos.append((start, name, TensorInfo(path, entry["dtype"], tuple(entry["shape"]), 8 + n + start)))
         end = max(end, stop)
     if 8 + n + end > size:
         last = max(raw, key=lambda k: raw[k]["data_offsets"][1])
@@ -102,26 +142,29 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
 
 
 def _read(info: TensorInfo, name: str, first: int, count: int, label: str) -> torch.Tensor:
-    """Elements [first, first + count) of a tensor, flat, read into fresh memory."""
+    """Elements [first, first + count) of a tensor, flat, read into a fresh torch tensor."""
+    import torch
+
     out = torch.empty(count, dtype=info.dtype)
-    _read_into(info, name, first, out, label)
+    _read_into(info, name, first, out.view(torch.uint8).numpy(), label)
     return out
 
 
-def _read_into(info: TensorInfo, name: str, first: int, out: torch.Tensor, label: str) -> None:
-    """Read elements [first, first + out.numel()) of a tensor into ``out`` (contiguous, the tensor's dtype)."""
-    size = out.element_size()
-    count = out.numel()
-    buf = out.view(torch.uint8)
+def _read_into(info: TensorInfo, name: str, first: int, buf: np.ndarray, label: str, fd: int | None = None):
+    """Read elements [first, ...) of a tensor into the bytes of ``buf`` (one positioned read, on ``fd`` or
+    on the file opened for it)."""
+    offset = info.offset + first * DTYPES[info.code][1]
     try:
-        with info.file.open("rb") as f:
-            f.seek(info.offset + first * size)
-            got = f.readinto(memoryview(buf.numpy())) if count else 0
+        if fd is None:
+            with info.file.open("rb") as f:
+                got = os.preadv(f.fileno(), [buf], offset) if buf.nbytes else 0
+        else:
+            got = os.preadv(fd, [buf], offset) if buf.nbytes else 0
     except OSError as exc:
         raise MergeError(f"{label}: cannot read tensor {name!r} from {info.file}: {exc}") from exc
-    if got != buf.numel():
+    if got != buf.nbytes:
         raise MergeError(
-            f"{label}: {info.file} ended inside tensor {name!r} (read {got} of {buf.numel()} "
+            f"{label}: {info.file} ended inside tensor {name!r} (read {got} of {buf.nbytes} "
             "bytes); re-copy or re-save the checkpoint"
         )
 
@@ -129,23 +172,27 @@ def _read_into(info: TensorInfo, name: str, first: int, out: torch.Tensor, label
 class LazyTensor:
     """A tensor left on disk and read by flat ranges, for the merge core's chunked passes.
 
-    It supports what :func:`tbi_merging.merge_tensors` uses on its inputs (``shape``, ``dtype``,
-    ``is_floating_point``, ``detach``, ``reshape(-1)``, flat slicing and flat index tensors), so merging
-    a tensor holds only a chunk of each model in memory instead of whole tensors.
+    It supports what :func:`tbi_merging.merge_tensors` uses on its inputs (``shape``, ``code``,
+    ``is_floating_point``, ``detach``, ``reshape(-1)``, zero-copy windows, reads into buffers and flat
+    slices), so merging a tensor holds only a chunk of each model in memory instead of whole tensors.
     """
 
     def __init__(self, info: TensorInfo, name: str, label: str, owner: Checkpoint) -> None:
         self.info, self.name, self.label = info, name, label
-        self.shape = torch.Size(info.shape)
-        self.dtype = info.dtype
+        self.shape = info.shape
+        self.code = info.code
         self._owner = owner
-        if info.dtype not in _MAPPED:
+        if info.code not in MAPPED:
             self.view = None  # the merge core reads other dtypes into buffers and converts them
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.info.dtype
 
     def view(self, start: int, count: int) -> np.ndarray:
         """Flat elements [start, start + count) as a read-only array over the shard's memory map (no copy;
         bf16 as uint16 bit patterns). Pages are read on first touch; :meth:`release` drops them again."""
-        dtype = _MAPPED[self.dtype]
+        dtype = MAPPED[self.code]
         return np.frombuffer(
             self._owner.mapped(self.info.file), dtype, count, self.info.offset + start * dtype.itemsize
         )
@@ -153,17 +200,17 @@ class LazyTensor:
     def release(self, start: int, count: int) -> None:
         """Drop the pages of elements [start, start + count) from this process's resident set (the file
         stays in the page cache): a streamed tensor never holds more than a chunk per model."""
-        size = _MAPPED[self.dtype].itemsize
+        size = MAPPED[self.code].itemsize
         first = (self.info.offset + start * size) // _PAGE * _PAGE
         self._owner.mapped(self.info.file).madvise(
             mmap.MADV_DONTNEED, first, self.info.offset + (start + count) * size - first
         )
 
     def numel(self) -> int:
-        return self.shape.numel()
+        return self.info.numel
 
     def is_floating_point(self) -> bool:
-        return self.dtype.is_floating_point
+        return is_float_code(self.code)
 
     def detach(self) -> LazyTensor:
         return self
@@ -173,31 +220,19 @@ class LazyTensor:
             raise MergeError(f"internal: a LazyTensor only flattens, asked for {shape}")
         return self
 
-    def read_into(self, start: int, out: torch.Tensor) -> None:
-        """Read flat elements [start, start + out.numel()) into ``out`` (contiguous, this tensor's dtype),
-        with one positioned read on the shard's open file."""
-        buf = out.view(torch.uint8).numpy()
-        got = os.preadv(
-            self._owner.opened(self.info.file), [buf], self.info.offset + start * out.element_size()
-        )
-        if got != buf.size:
-            raise MergeError(
-                f"{self.label}: {self.info.file} ended inside tensor {self.name!r} (read {got} of {buf.size} "
-                "bytes); re-copy or re-save the checkpoint"
-            )
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        """Read flat elements [start, ...) into the bytes of ``out`` (a contiguous array of this tensor's
+        element size), with one positioned read on the shard's open file."""
+        _read_into(self.info, self.name, start, out, self.label, self._owner.opened(self.info.file))
 
-    def __getitem__(self, key) -> torch.Tensor:
-        if isinstance(key, slice):
-            start, stop, step = key.indices(self.numel())
-            if step != 1:
-                raise MergeError("internal: a LazyTensor reads contiguous ranges only")
-            return _read(self.info, self.name, start, max(0, stop - start), self.label)
-        if isinstance(key, torch.Tensor) and key.dtype == torch.int64 and key.dim() == 1:
-            if key.numel() == 0:
-                return torch.empty(0, dtype=self.dtype)
-            lo, hi = int(key.min()), int(key.max()) + 1
-            return _read(self.info, self.name, lo, hi - lo, self.label)[key - lo]
-        raise MergeError(f"internal: unsupported LazyTensor index {type(key).__name__}")
+    def __getitem__(self, key: slice) -> torch.Tensor:
+        """A flat slice, read into a fresh torch tensor."""
+        if not isinstance(key, slice):
+            raise MergeError(f"internal: unsupported LazyTensor index {type(key).__name__}")
+        start, stop, step = key.indices(self.numel())
+        if step != 1:
+            raise MergeError("internal: a LazyTensor reads contiguous ranges only")
+        return _read(self.info, self.name, start, max(0, stop - start), self.label)
 
 
 class Checkpoint:
@@ -260,17 +295,19 @@ class Checkpoint:
         return self.infos[name]
 
     def get(self, name: str, base: torch.Tensor | None = None) -> torch.Tensor:
-        """Read one tensor into fresh memory (``base`` is ignored; adapters use it).
-
-        A plain positioned read, not ``safe_open``: safe_open's tensors are views of a memory map whose
-        touched pages count in the process's resident memory until the map is closed, which on three
-        160 MB shards is the difference between fitting the memory budget and not.
-        """
+        """Read one tensor into a fresh torch tensor (``base`` is ignored; adapters use it)."""
         info = self.infos[name]
-        n = 1
-        for dim in info.shape:
-            n *= dim
-        return _read(info, name, 0, n, self.label).reshape(info.shape)
+        return _read(info, name, 0, info.numel, self.label).reshape(info.shape)
+
+    def raw(self, name: str) -> np.ndarray:
+        """One tensor's bytes (for copying it to the output unchanged), with a positioned read.
+
+        Not ``safe_open``: its tensors are views of a memory map whose touched pages count in the process's
+        resident memory until the map is closed."""
+        info = self.infos[name]
+        out = np.empty(info.nbytes, dtype=np.uint8)
+        _read_into(info, name, 0, out, self.label, self.opened(info.file))
+        return out
 
     def lazy(self, name: str) -> LazyTensor:
         """The tensor left on disk, read range by range by the merge core."""
@@ -306,22 +343,18 @@ class Checkpoint:
 
 
 class ShardWriter:
-    """Streams one safetensors file: header from the planned (name, dtype, shape) list, then the tensors
-    in that order with :meth:`write`."""
+    """Streams one safetensors file: header from the planned (name, dtype code, shape) list, then the tensors
+    in that order with :meth:`write`, :meth:`write_raw` or :meth:`begin` / :meth:`write_chunk` / :meth:`end`."""
 
-    def __init__(self, path: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata=None):
+    def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]], metadata=None):
         self.path = path
         self._order = [name for name, _, _ in entries]
-        self._expected = {name: (dtype, tuple(shape)) for name, dtype, shape in entries}
+        self._expected = {name: (code, tuple(shape)) for name, code, shape in entries}
         header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
         offset = 0
-        for name, dtype, shape in entries:
-            n = TensorInfo(path, dtype, tuple(shape)).nbytes
-            header[name] = {
-                "dtype": _CODES[dtype],
-                "shape": list(shape),
-                "data_offsets": [offset, offset + n],
-            }
+        for name, code, shape in entries:
+            n = TensorInfo(path, code, tuple(shape)).nbytes
+            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + n]}
             offset += n
         self.total_size = offset
         blob = json.dumps(header, separators=(",", ":")).encode()
@@ -339,12 +372,20 @@ class ShardWriter:
         self._current = name
         self._remaining = TensorInfo(self.path, *self._expected[name]).nbytes
 
-    def write_chunk(self, chunk: torch.Tensor) -> None:
-        """Append a flat piece of the current tensor (its planned dtype)."""
-        dtype = self._expected[self._current][0]
-        if chunk.dtype != dtype:
-            raise MergeError(f"internal: tensor {self._current!r} chunk is {chunk.dtype}, planned {dtype}")
-        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
+    def write_chunk(self, chunk) -> None:
+        """Append a flat piece of the current tensor: a numpy array of its planned element size (bf16 as
+        uint16 bit patterns) or a torch tensor of its planned dtype."""
+        code = self._expected[self._current][0]
+        if isinstance(chunk, np.ndarray):
+            if chunk.itemsize != DTYPES[code][1]:
+                raise MergeError(f"internal: tensor {self._current!r} chunk is {chunk.dtype}, planned {code}")
+            data = np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
+        else:
+            import torch
+
+            if dtype_code(chunk) != code:
+                raise MergeError(f"internal: tensor {self._current!r} chunk is {chunk.dtype}, planned {code}")
+            data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
         self._remaining -= data.nbytes
         self._file.write(data.data)
 
@@ -356,7 +397,7 @@ class ShardWriter:
         self._next += 1
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Write a whole tensor (planned dtype and shape)."""
+        """Write a whole torch tensor (planned dtype and shape)."""
         if tuple(tensor.shape) != self._expected.get(name, (None, None))[1]:
             raise MergeError(
                 f"internal: tensor {name!r} has shape {tuple(tensor.shape)}, "
@@ -364,6 +405,13 @@ class ShardWriter:
             )
         self.begin(name)
         self.write_chunk(tensor)
+        self.end()
+
+    def write_raw(self, name: str, data: np.ndarray) -> None:
+        """Write a whole tensor from its bytes (a tensor copied unchanged from an input)."""
+        self.begin(name)
+        self._remaining -= data.nbytes
+        self._file.write(data.data)
         self.end()
 
     def abort(self) -> None:

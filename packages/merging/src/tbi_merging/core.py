@@ -25,16 +25,21 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from tbi_merging import _kernels
 from tbi_merging._select import BINS, find_bin
+from tbi_merging.checkpoint import dtype_code
 from tbi_merging.errors import MergeError
+
+if TYPE_CHECKING:
+    import torch
 
 METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 COMPAT_MODES = ("paper", "mergekit", "peft")
@@ -119,6 +124,8 @@ def dare_keep_mask(
     out = np.empty(numel, dtype=np.bool_)
     key = np.uint64(dare_seed(seed, tensor_name, model_name))
     _kernels.keep_mask(key, keep_threshold(keep_prob), 0, out)
+    import torch
+
     return torch.from_numpy(out)
 
 
@@ -164,6 +171,8 @@ def _check_inputs(base, names, tensors, weights, method, compat, sign, density, 
 
 
 def _check_finite(chunk: torch.Tensor, tensor_name: str, model: str, start: int) -> None:
+    import torch
+
     # A sum is NaN/Inf when any entry is (one cheap reduction); only then look closer, since a sum of
     # huge finite values can also overflow.
     if math.isfinite(float(chunk.sum())) or bool(torch.isfinite(chunk).all()):
@@ -212,9 +221,10 @@ def merge_tensors(
         seed, tensor_name: DARE generator key, together with the model name (see :func:`dare_keep_mask`).
         check_finite: raise :class:`MergeError` on a NaN/Inf in any input.
         return_stats: also return :class:`TensorStats`.
-        sink: if given, each merged chunk (flat, base dtype, in order) is passed to it instead of being
-            assembled, and only the :class:`TensorStats` are returned (the streaming writer uses this). The
-            chunk is a reused buffer: it is valid only during the call.
+        sink: if given, each merged chunk (flat, in order; a numpy array of the base dtype's elements, bf16
+            as uint16 bit patterns, or a torch tensor for the ``linear`` method and types numpy lacks) is
+            passed to it instead of being assembled, and only the :class:`TensorStats` are returned (the
+            streaming writer uses this). The chunk may be a reused buffer: it is valid only during the call.
         threads: threads splitting each chunk (the kernels release the GIL); the result does not depend on it.
 
     Raises:
@@ -240,11 +250,17 @@ def merge_tensors(
     n = base.numel()
     base_flat = base.detach().reshape(-1)
     tuned_flat = [t.detach().reshape(-1) for t in tensors]
-    out = torch.empty(n if sink is None else 0, dtype=base.dtype)
+    out = None
+    if sink is None:  # the caller has torch tensors
+        import torch
+
+        out = torch.empty(n, dtype=base.dtype)
     emit = sink if sink is not None else _filler(out)
     stats = TensorStats(numel=n)
 
-    if method == "linear":
+    if method == "linear":  # whole weights, not deltas: torch ops on each chunk
+        import torch
+
         total = sum(w) if norm and abs(sum(w)) >= 1e-8 else 1.0
         for start in range(0, n, CHUNK):
             stop = min(n, start + CHUNK)
@@ -278,11 +294,19 @@ def merge_tensors(
     return _result(out, base, stats, return_stats, sink)
 
 
-def _filler(out: torch.Tensor) -> Callable[[torch.Tensor], None]:
+def _filler(out: torch.Tensor) -> Callable[[np.ndarray | torch.Tensor], None]:
+    """The sink that assembles the merged chunks (numpy arrays of the base dtype's elements, bf16 as uint16
+    bit patterns, or torch tensors) into ``out``."""
+    import torch
+
+    flat = out.view(-1)
     pos = [0]
 
-    def fill(chunk: torch.Tensor) -> None:
-        out[pos[0] : pos[0] + chunk.numel()] = chunk
+    def fill(chunk) -> None:
+        if isinstance(chunk, np.ndarray):
+            chunk = torch.from_numpy(chunk)
+            chunk = chunk.view(torch.bfloat16) if out.dtype == torch.bfloat16 else chunk
+        flat[pos[0] : pos[0] + chunk.numel()] = chunk
         pos[0] += chunk.numel()
 
     return fill
@@ -295,13 +319,63 @@ def _result(out, base, stats, return_stats, sink):
     return (result, stats) if return_stats else result
 
 
-def _fill(src, start: int, dst: torch.Tensor) -> None:
-    """dst = flat entries [start, start + len(dst)) of a tensor or LazyTensor, converted to dst's dtype."""
-    read_into = getattr(src, "read_into", None)
-    if read_into is not None and src.dtype == dst.dtype:
-        read_into(start, dst)
-    else:
-        dst.copy_(src[start : start + dst.numel()])
+#: dtype codes the kernels compute on, and the numpy element type they see
+_KINDS = {"BF16": np.dtype(np.uint16), "F32": np.dtype(np.float32)}
+_NUMPY_FLOAT = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
+
+
+def _torch_tensor(src) -> bool:
+    torch = sys.modules.get("torch")  # a source can only be a torch tensor if torch is loaded
+    return torch is not None and isinstance(src, torch.Tensor)
+
+
+def _fill(src, start: int, dst: np.ndarray, kind: str) -> None:
+    """dst = flat entries [start, start + len(dst)) of a torch tensor or LazyTensor, converted to the
+    kernels' element type of ``kind`` (bf16 bit patterns or float32)."""
+    code = dtype_code(src)
+    c = dst.shape[0]
+    if not _torch_tensor(src):  # a LazyTensor: read, then convert in numpy where it can
+        if code == kind:
+            src.read_into(start, dst)
+            return
+        if code == "BF16":  # to float32: the bit patterns are the high halves
+            raw = np.empty(c, dtype=np.uint16)
+            src.read_into(start, raw)
+            dst[:] = (raw.astype(np.uint32) << np.uint32(16)).view(np.float32)
+            return
+        if code in _NUMPY_FLOAT:
+            raw = np.empty(c, dtype=_NUMPY_FLOAT[code])
+            src.read_into(start, raw)
+            dst[:] = raw
+            return
+        src = src[start : start + c]  # other float types (fp8): torch converts
+        start = 0
+    import torch
+
+    target = torch.from_numpy(dst)
+    target = target.view(torch.bfloat16) if kind == "BF16" else target
+    target.copy_(src.reshape(-1)[start : start + c])
+
+
+def _to_code(chunk: np.ndarray, kind: str, code: str):
+    """A merged chunk (kernel element type of ``kind``) in the output dtype ``code``: a numpy array of its
+    elements (bf16 as bit patterns), or a torch tensor for types numpy lacks."""
+    if code == kind:
+        return chunk
+    if code in _NUMPY_FLOAT:
+        return chunk.astype(_NUMPY_FLOAT[code])
+    if code == "BF16":  # float32 -> bf16, round to nearest even as torch; NaN stays a quiet NaN
+        u = chunk.view(np.uint32)
+        bits = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(
+            np.uint16
+        )
+        bits[np.isnan(chunk)] = 0x7FC0
+        return bits
+    import torch
+
+    from tbi_merging.checkpoint import torch_dtype
+
+    return torch.from_numpy(chunk).to(torch_dtype(code))
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -312,13 +386,15 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return v
 
 
-def _numpy_flat(src, dtype: torch.dtype) -> np.ndarray | None:
-    """The whole in-memory tensor as a flat numpy view (bf16 as uint16 bit patterns), or None if it must be
-    converted or read."""
-    if not isinstance(src, torch.Tensor) or src.dtype != dtype or not src.is_contiguous():
+def _numpy_flat(src, kind: str) -> np.ndarray | None:
+    """The whole in-memory torch tensor as a flat read-only numpy view of the kernels' element type (bf16
+    as uint16 bit patterns), or None if it must be read or converted."""
+    if not _torch_tensor(src) or dtype_code(src) != kind or not src.is_contiguous():
         return None
-    flat = src.reshape(-1)
-    return _readonly(flat.view(torch.uint16).numpy() if dtype == torch.bfloat16 else flat.numpy())
+    import torch
+
+    flat = src.detach().reshape(-1)
+    return _readonly(flat.view(torch.uint16).numpy() if kind == "BF16" else flat.numpy())
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -346,25 +422,20 @@ class _Engine:
         self.sources = [base, *tuned]
         self.names = names
         self.n = n
-        self.base_dtype = base.dtype
-        bf16 = all(s.dtype == torch.bfloat16 for s in self.sources)
-        self.dtype = torch.bfloat16 if bf16 else torch.float32
+        self.base_code = dtype_code(base)
+        self.kind = "BF16" if all(dtype_code(s) == "BF16" for s in self.sources) else "F32"
         size = max(1, min(n, CHUNK))
-        self.whole = [_numpy_flat(s, self.dtype) for s in self.sources]
+        self.whole = [_numpy_flat(s, self.kind) for s in self.sources]
         self.buf = [
             None
-            if w is not None or (getattr(s, "view", None) is not None and s.dtype == self.dtype)
-            else torch.empty(size, dtype=self.dtype)
+            if w is not None or (getattr(s, "view", None) is not None and dtype_code(s) == self.kind)
+            else np.empty(size, dtype=_KINDS[self.kind])
             for s, w in zip(self.sources, self.whole)
         ]  # a chunk buffer for each source that can be neither viewed nor mapped
-        self.out = torch.empty(size, dtype=self.dtype)
-        self.out_np = self._np(self.out)
+        self.out_np = np.empty(size, dtype=_KINDS[self.kind])
         self.b, self.t = None, ()
         self.threads = max(1, int(threads))
         self.pool = _pool(self.threads) if self.threads > 1 and n >= _MIN_SPLIT else None
-
-    def _np(self, t: torch.Tensor) -> np.ndarray:
-        return t.view(torch.uint16).numpy() if self.dtype == torch.bfloat16 else t.numpy()
 
     def __enter__(self) -> _Engine:
         return self
@@ -379,8 +450,8 @@ class _Engine:
             return self.whole[i][start : start + c]
         if self.buf[i] is None:
             return src.view(start, c)
-        _fill(src, start, self.buf[i][:c])
-        return _readonly(self._np(self.buf[i][:c]))
+        _fill(src, start, self.buf[i][:c], self.kind)
+        return _readonly(self.buf[i][:c])
 
     def chunks(self):
         """Yield (start, count) with self.b, self.t the windows of entries [start, start + count)."""
@@ -470,12 +541,12 @@ class _Engine:
                 self.whole[0], tuple(self.whole[1:]), 0, starts, _SAMPLE_LEN, keys, keep_thr, dare, sample, 0
             )
         else:  # a few small reads: touching a memory map here would map a large folio (~1 MB) per block
-            small = torch.empty(1 + m, _SAMPLE_LEN, dtype=self.dtype)
-            rows = [_readonly(self._np(row)) for row in small]  # views: _fill writes through
+            small = np.empty((1 + m, _SAMPLE_LEN), dtype=_KINDS[self.kind])
+            rows = [_readonly(row) for row in small]  # views: _fill writes through
             one = np.zeros(1, dtype=np.int64)
             for r, start in enumerate(starts.tolist()):
                 for row, src in zip(small, self.sources):
-                    _fill(src, start, row)
+                    _fill(src, start, row, self.kind)
                 _kernels.sample_bits(
                     rows[0], tuple(rows[1:]), start, one, _SAMPLE_LEN, keys, keep_thr, dare, sample, r
                 )
@@ -619,8 +690,7 @@ class _Engine:
 
         for start, c in self.chunks():
             self.raise_bad(self.run(fused, start, c), start, where)
-            chunk = self.out[:c]
-            emit(chunk if chunk.dtype == self.base_dtype else chunk.to(self.base_dtype))
+            emit(_to_code(self.out_np[:c], self.kind, self.base_code))
         n = self.n
         stats.kept_fraction = {nm: (int(k) / n if n else 1.0) for nm, k in zip(self.names, sum(kept))}
         stats.sign_conflict_fraction = int(sum(conflicts)[0]) / n if n else 0.0

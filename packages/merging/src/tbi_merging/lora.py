@@ -18,17 +18,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from tbi_merging.checkpoint import Checkpoint, TensorInfo, read_header
+from tbi_merging.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Checkpoint, TensorInfo, read_header
 from tbi_merging.errors import MergeError
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
-
-
-def is_adapter(path: str | Path) -> bool:
-    return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
 @dataclass(frozen=True)

@@ -6,28 +6,42 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import save_file
-
-from tbi_merging.checkpoint import INDEX_NAME, Checkpoint, ShardWriter
+from tbi_merging.checkpoint import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    DTYPES,
+    INDEX_NAME,
+    Checkpoint,
+    ShardWriter,
+    is_adapter,
+    is_float_code,
+)
 from tbi_merging.config import ComponentRule, MergeConfig
 from tbi_merging.core import TensorStats, merge_tensors, resolve_density, resolve_normalize
 from tbi_merging.errors import MergeError
-from tbi_merging.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraAdapter, is_adapter, low_rank_factors
-from tbi_merging.vocab import gather_rows, load_vocab, row_map
+
+if TYPE_CHECKING:
+    import torch
+
+    from tbi_merging.lora import LoraAdapter
+
+# Adapters, vocabulary alignment and the linear method need torch; merging full checkpoints does not, so
+# their modules are imported where they are used and `python -m tbi_merging` starts without torch.
 
 log = logging.getLogger(__name__)
 
 _SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5")
 
-Source = Checkpoint | LoraAdapter
+Source = "Checkpoint | LoraAdapter"
 
 
 @dataclass(frozen=True)
@@ -36,7 +50,7 @@ class _Item:
 
     name: str
     action: str  # merge | base | take | align
-    dtype: torch.dtype
+    code: str  # safetensors dtype code of the output tensor
     shape: tuple[int, ...]
     shard: str
     source: str | None = None  # model name for ``take``; None = the base
@@ -68,10 +82,13 @@ def merge_checkpoints(config: MergeConfig, on_tensor: Callable[[str, int, int], 
     try:
         for m in config.models:
             label = f"model {m.name!r}"
-            sources[m.name] = (
-                LoraAdapter(m.path, label, base) if is_adapter(m.path) else Checkpoint(m.path, label)
-            )
-        adapters = all(isinstance(s, LoraAdapter) for s in sources.values())
+            if is_adapter(m.path):
+                from tbi_merging.lora import LoraAdapter
+
+                sources[m.name] = LoraAdapter(m.path, label, base)
+            else:
+                sources[m.name] = Checkpoint(m.path, label)
+        adapters = all(not isinstance(s, Checkpoint) for s in sources.values())
         if config.adapter_rank is not None and not adapters:
             raise MergeError("--to-adapter needs every --model to be a LoRA adapter directory")
         tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -118,7 +135,7 @@ def _plan(config: MergeConfig, base: Checkpoint, sources: dict[str, Source], voc
             info = base.info(name)
             rule = config.rule_for(name)
             if name in vocab_shape:
-                items.append(_Item(name, "align", info.dtype, vocab_shape[name], shard, rule=rule))
+                items.append(_Item(name, "align", info.code, vocab_shape[name], shard, rule=rule))
                 continue
             problem = None
             for mname, src in sources.items():
@@ -138,9 +155,9 @@ def _plan(config: MergeConfig, base: Checkpoint, sources: dict[str, Source], voc
                             f"({other.file}) but {info.shape} in the base ({info.file})",
                         )
                         break
-                    if other.dtype != info.dtype and not config.allow_dtype_mismatch:
+                    if other.code != info.code and not config.allow_dtype_mismatch:
                         raise MergeError(
-                            f"tensor {name!r} is {other.dtype} in model {mname!r} ({other.file}) but {info.dtype} "
+                            f"tensor {name!r} is {DTYPES[other.code][0]} in model {mname!r} ({other.file}) but {DTYPES[info.code][0]} "
                             f"in the base ({info.file}); convert the checkpoint or pass --allow-dtype-mismatch "
                             "(merged in float32, written in the base dtype)"
                         )
@@ -153,13 +170,13 @@ def _plan(config: MergeConfig, base: Checkpoint, sources: dict[str, Source], voc
                 src = sources[config.take_from]
                 if isinstance(src, Checkpoint) and name in src.infos:
                     other = src.info(name)
-                    items.append(_Item(name, "take", other.dtype, other.shape, shard, config.take_from, rule))
+                    items.append(_Item(name, "take", other.code, other.shape, shard, config.take_from, rule))
                 else:
-                    items.append(_Item(name, "base", info.dtype, info.shape, shard, rule=rule))
-            elif not info.dtype.is_floating_point or (rule is not None and rule.method == "base"):
-                items.append(_Item(name, "base", info.dtype, info.shape, shard, rule=rule))
+                    items.append(_Item(name, "base", info.code, info.shape, shard, rule=rule))
+            elif not is_float_code(info.code) or (rule is not None and rule.method == "base"):
+                items.append(_Item(name, "base", info.code, info.shape, shard, rule=rule))
             else:
-                items.append(_Item(name, "merge", info.dtype, info.shape, shard, rule=rule))
+                items.append(_Item(name, "merge", info.code, info.shape, shard, rule=rule))
     base_names = set(base.infos)
     for mname, src in sources.items():
         extra = [n for n in src.names() if n not in base_names]
@@ -174,7 +191,7 @@ def _plan(config: MergeConfig, base: Checkpoint, sources: dict[str, Source], voc
             continue
         for n in extra:
             other = src.info(n)
-            items.append(_Item(n, "take", other.dtype, other.shape, base.shards[-1], mname))
+            items.append(_Item(n, "take", other.code, other.shape, base.shards[-1], mname))
     return items
 
 
@@ -196,8 +213,13 @@ def _options(config: MergeConfig, item: _Item) -> dict:
         "compat": config.compat,
         "seed": config.seed,
         "check_finite": config.check_finite,
-        "threads": config.threads if config.threads is not None else torch.get_num_threads(),
+        "threads": config.threads if config.threads is not None else _default_threads(),
     }
+
+
+def _default_threads() -> int:
+    """OMP_NUM_THREADS when set (as torch would use), else the cores this process may run on."""
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
 
 
 class _VocabAligner:
@@ -208,6 +230,8 @@ class _VocabAligner:
         target_src = sources[self.target_name]
         if not isinstance(target_src, Checkpoint):
             raise MergeError("--align-vocab needs full checkpoints (adapters do not change the vocabulary)")
+        from tbi_merging.vocab import load_vocab
+
         self.target = target_src
         self.vocab = load_vocab(target_src.path, f"model {self.target_name!r}")
         self.vocabs = {"": load_vocab(base.path, "the base")}
@@ -234,6 +258,8 @@ class _VocabAligner:
             self.shapes[name] = shape
 
     def merge(self, name: str, base_t: torch.Tensor, sources: dict[str, Source], opts: dict):
+        from tbi_merging.vocab import gather_rows, row_map
+
         target_t = self.target.get(name)  # [V_out, D]
         rows = target_t.shape[0]
         base_rows = row_map(self.vocab, self.vocabs[""], rows, base_t.shape[0])
@@ -259,7 +285,7 @@ def _write_checkpoint(config, base: Checkpoint, sources: dict[str, Source], tmp:
     total_size = 0
     done = 0
     for shard, shard_items in by_shard.items():
-        writer = ShardWriter(tmp / shard, [(i.name, i.dtype, i.shape) for i in shard_items])
+        writer = ShardWriter(tmp / shard, [(i.name, i.code, i.shape) for i in shard_items])
         try:
             for item in shard_items:
                 report_tensors[item.name] = _produce(config, item, base, sources, aligner, writer)
@@ -304,13 +330,19 @@ def _produce(config, item: _Item, base: Checkpoint, sources, aligner, writer: Sh
             raise MergeError(f"{exc} [files: {'; '.join(files)}]") from exc
         writer.end()
         return _stats_entry("merge", opts, stats)
-    base_t = base.get(item.name) if item.name in base.infos else None
     if item.action == "base":
-        writer.write(item.name, base_t)
+        writer.write_raw(item.name, base.raw(item.name))
         return {"action": "base"}
     if item.action == "take":
-        writer.write(item.name, sources[item.source].get(item.name, base_t))
+        src = sources[item.source]
+        if isinstance(src, Checkpoint):
+            writer.write_raw(item.name, src.raw(item.name))
+        else:  # an adapter's tensor is its ΔW added to the base's
+            writer.write(
+                item.name, src.get(item.name, base.get(item.name) if item.name in base.infos else None)
+            )
         return {"action": "take", "from": item.source}
+    base_t = base.get(item.name)
     opts = _options(config, item)
     merged, stats, new_rows = aligner.merge(item.name, base_t, sources, opts)
     writer.write(item.name, merged)
@@ -379,6 +411,11 @@ def _copy_side_files(src: Path, dst: Path, report_name: str) -> list[str]:
 
 def _write_adapter(config: MergeConfig, sources: dict[str, LoraAdapter], tmp: Path, on_tensor) -> dict:
     """Merge the adapters' ΔW per layer and factor the result back to rank ``config.adapter_rank``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tbi_merging.lora import low_rank_factors
+
     targets = list(dict.fromkeys(t for src in sources.values() for t in src.layers))
     tensors: dict[str, torch.Tensor] = {}
     report: dict[str, dict] = {}
@@ -387,7 +424,7 @@ def _write_adapter(config: MergeConfig, sources: dict[str, LoraAdapter], tmp: Pa
         deltas = {name: src.delta(target) for name, src in sources.items()}
         shape = next(d.shape for d in deltas.values() if d is not None)
         deltas = {n: (d if d is not None else torch.zeros(shape)) for n, d in deltas.items()}
-        item = _Item(target, "merge", torch.float32, tuple(shape), "", rule=config.rule_for(target))
+        item = _Item(target, "merge", "F32", tuple(shape), "", rule=config.rule_for(target))
         opts = _options(config, item)
         merged, stats = merge_tensors(
             torch.zeros(shape), deltas, tensor_name=target, return_stats=True, **opts
