@@ -93,7 +93,10 @@ def build_parser(prog: str = "python -m tbi_merging") -> argparse.ArgumentParser
     )
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output")
     p.add_argument(
-        "--threads", type=int, metavar="N", help="merge threads (default: torch's, i.e. OMP_NUM_THREADS)"
+        "--threads",
+        type=int,
+        metavar="N",
+        help="merge threads (default: OMP_NUM_THREADS, else the usable cores)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")

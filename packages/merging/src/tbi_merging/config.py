@@ -104,8 +104,8 @@ class MergeConfig:
     report_name: str = "merge_report.json"
     """File name of the merge report written inside the output directory."""
     threads: int | None = None
-    """Threads splitting each chunk of the merge; None = torch's thread count (``OMP_NUM_THREADS``).
-    The result does not depend on it."""
+    """Threads splitting each chunk of the merge; None = ``OMP_NUM_THREADS`` when set, else the cores this
+    process may use. The result does not depend on it."""
 
     def __post_init__(self) -> None:
         self.base = Path(self.base)
