@@ -279,3 +279,26 @@ def test_config_validation_messages(toy):
         _config(toy, align_vocab="zh")
     with pytest.raises(MergeError, match="model names must be unique"):
         _config(toy, models=[ModelSpec("en", toy["en"]), ModelSpec("en", toy["ko"])])
+
+
+def test_positioned_read_without_preadv_reads_the_same_bytes(tmp_path, monkeypatch):
+    """Where os.preadv is missing (e.g. older macOS), reads fall back to os.pread; short reads are reported."""
+    import os
+
+    import numpy as np
+
+    from tbi_merging import checkpoint
+
+    path = tmp_path / "blob"
+    path.write_bytes(bytes(range(256)) * 4)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fast = np.empty(100, dtype=np.uint16)
+        assert checkpoint._pread_into(fd, fast, 37) == 200
+        monkeypatch.delattr(os, "preadv")
+        slow = np.empty(100, dtype=np.uint16)
+        assert checkpoint._pread_into(fd, slow, 37) == 200
+        assert np.array_equal(fast, slow)
+        assert checkpoint._pread_into(fd, np.empty(100, dtype=np.uint16), 1000) == 24  # 24 bytes left
+    finally:
+        os.close(fd)

@@ -150,6 +150,17 @@ def _read(info: TensorInfo, name: str, first: int, count: int, label: str) -> to
     return out
 
 
+def _pread_into(fd: int, buf: np.ndarray, offset: int) -> int:
+    """Read buf.nbytes bytes at ``offset`` into ``buf``; the number read (short at the end of the file)."""
+    if not buf.nbytes:
+        return 0
+    if hasattr(os, "preadv"):  # straight into the buffer
+        return os.preadv(fd, [buf], offset)
+    data = os.pread(fd, buf.nbytes, offset)
+    buf.reshape(-1).view(np.uint8)[: len(data)] = np.frombuffer(data, np.uint8)
+    return len(data)
+
+
 def _read_into(info: TensorInfo, name: str, first: int, buf: np.ndarray, label: str, fd: int | None = None):
     """Read elements [first, ...) of a tensor into the bytes of ``buf`` (one positioned read, on ``fd`` or
     on the file opened for it)."""
@@ -157,9 +168,9 @@ def _read_into(info: TensorInfo, name: str, first: int, buf: np.ndarray, label: 
     try:
         if fd is None:
             with info.file.open("rb") as f:
-                got = os.preadv(f.fileno(), [buf], offset) if buf.nbytes else 0
+                got = _pread_into(f.fileno(), buf, offset)
         else:
-            got = os.preadv(fd, [buf], offset) if buf.nbytes else 0
+            got = _pread_into(fd, buf, offset)
     except OSError as exc:
         raise MergeError(f"{label}: cannot read tensor {name!r} from {info.file}: {exc}") from exc
     if got != buf.nbytes:
@@ -200,11 +211,12 @@ class LazyTensor:
     def release(self, start: int, count: int) -> None:
         """Drop the pages of elements [start, start + count) from this process's resident set (the file
         stays in the page cache): a streamed tensor never holds more than a chunk per model."""
+        mm = self._owner.mapped(self.info.file)
+        if not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return  # not on this platform: the pages stay until the map closes
         size = MAPPED[self.code].itemsize
         first = (self.info.offset + start * size) // _PAGE * _PAGE
-        self._owner.mapped(self.info.file).madvise(
-            mmap.MADV_DONTNEED, first, self.info.offset + (start + count) * size - first
-        )
+        mm.madvise(mmap.MADV_DONTNEED, first, self.info.offset + (start + count) * size - first)
 
     def numel(self) -> int:
         return self.info.numel

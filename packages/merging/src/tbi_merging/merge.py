@@ -219,7 +219,8 @@ def _options(config: MergeConfig, item: _Item) -> dict:
 
 def _default_threads() -> int:
     """OMP_NUM_THREADS when set (as torch would use), else the cores this process may run on."""
-    return int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or len(usable)
 
 
 class _VocabAligner:
