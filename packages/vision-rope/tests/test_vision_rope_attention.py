@@ -310,3 +310,42 @@ def test_token_sized_buffers_are_advised_to_use_huge_pages():
     assert big.sum().item() == 3.0 * big.numel()
     small = empty_tokens((1000, 2, 4), torch.float64, torch.device("cpu"))
     assert small.shape == (1000, 2, 4) and small.dtype == torch.float64
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_small_window_path_uneven_chunks_and_repeated_backward(interleaved, attention_naive):
+    """5 windows in chunks of 2 (the last one short): values and gradients against dense float64 attention
+    over rotated q, k with a block-diagonal mask; a second backward through the kept rotations and softmax
+    (``retain_graph``) gives the same gradients."""
+    from tbi_vision_rope._small_windows import small_window_attention
+
+    torch.manual_seed(2)
+    length, count, heads, dim = 4, 5, 2, 6
+    tokens = length * count
+    q, k, v = (torch.randn(tokens, heads, dim, requires_grad=True) for _ in range(3))
+    angle = torch.randn(tokens, 1, dim // 2)  # shared by the heads
+    out = small_window_attention(
+        q, k, v, angle.cos(), angle.sin(), interleaved, length, 0.6, chunk_rows=2 * length
+    )
+    grad = torch.randn_like(out)
+    first = torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
+    second = torch.autograd.grad(out, (q, k, v), grad)
+
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    a_idx = torch.arange(0, dim, 2) if interleaved else torch.arange(dim // 2)
+    b_idx = a_idx + 1 if interleaved else a_idx + dim // 2
+    c, s = angle.double().cos(), angle.double().sin()
+
+    def rotate(x):
+        rotated = x.clone()
+        rotated[..., a_idx] = x[..., a_idx] * c - x[..., b_idx] * s
+        rotated[..., b_idx] = x[..., a_idx] * s + x[..., b_idx] * c
+        return rotated
+
+    window = torch.arange(tokens) // length
+    expected = attention_naive(rotate(q64), rotate(k64), v64, window[:, None] == window[None, :], 0.6)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    reference = torch.autograd.grad(expected, (q64, k64, v64), grad.double())
+    for got, again, want in zip(first, second, reference):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(again, got, rtol=0, atol=0)

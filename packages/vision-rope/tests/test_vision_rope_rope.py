@@ -122,3 +122,27 @@ def test_axial_frequencies_stay_exact_in_a_bf16_module():
     got = rope.frequencies()
     assert got[0].dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+@pytest.mark.parametrize("table_heads", [1, 3])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_full_width_rotation_matches_naive_into_a_head_major_view(layout, table_heads, sign, rotate_naive):
+    """``x c + sign · swap(x) s`` with full-width tables, fp16 x written into an fp32 strided head-major
+    view (as the fused window attention uses it), against the pair-by-pair float64 rotation by ``sign · θ``."""
+    from tbi_vision_rope.rope import _full_tables, _rotate_full_into
+
+    torch.manual_seed(1)
+    tokens, heads, dim = 5, 3, 10  # 5 pairs: odd
+    x = torch.randn(tokens, heads, dim).half()
+    pos_h, pos_w = torch.randint(0, 7, (tokens,)), torch.randint(0, 11, (tokens,))
+    freq_h, freq_w = torch.rand(table_heads, dim // 2), torch.rand(table_heads, dim // 2)
+    angle = pos_h[:, None, None].float() * freq_h + pos_w[:, None, None].float() * freq_w  # [T, H|1, P]
+    cos, sin = _full_tables(angle.cos(), angle.sin(), layout == "interleaved")
+    assert cos.shape == sin.shape == (tokens, table_heads, dim)
+    head_major = torch.full((heads, tokens, dim), float("nan"))
+    _rotate_full_into(x, cos, sin, layout == "interleaved", sign, out=head_major.transpose(0, 1))
+    expected = rotate_naive(
+        x, pos_h, pos_w, sign * freq_h.expand(heads, -1), sign * freq_w.expand(heads, -1), layout
+    )
+    torch.testing.assert_close(head_major.transpose(0, 1).double(), expected, rtol=1e-5, atol=1e-5)

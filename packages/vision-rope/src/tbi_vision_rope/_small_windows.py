@@ -1,12 +1,14 @@
 """Fused PyTorch attention for many short segments of one length (the windows of a window layer).
 
 One autograd node for a whole group of ``count`` segments of ``L`` tokens (``L`` small, e.g. 8×8 windows):
-per cache-sized chunk of segments, rotate q and k (2D-RoPE), then
+per cache-sized chunk of segments, rotate q and k (2D-RoPE, full-width tables: ``x c + swap(x) s``), then
 
     S = scale · q̃ k̃ᵀ,  P = softmax(S),  O = P v                       [n, H, L, L] / [n, H, L, D]
 
-with explicit batched matmuls, writing O into one preallocated output. P is kept for backward (it is
-``L / D`` times the size of q, i.e. no bigger than q for ``L ≤ D``); backward recomputes q̃, k̃ and uses
+with explicit batched matmuls, writing O into one preallocated output. P, q̃ and k̃ are kept for backward
+with head-major V (P is ``L / D`` times the size of q, i.e. no bigger than q for ``L ≤ D``; q̃, k̃, V cost
+3× q of memory but save two of the six rotations and one of the head-major copies of V per chunk, each a
+pass over memory that is no longer in cache); backward uses
 
     dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP - rowsum(P ∘ dP)) · scale,  dq̃ = dS k̃,  dk̃ = dSᵀ q̃,  dq = R(-θ) dq̃
 
@@ -29,7 +31,7 @@ import sys
 
 import torch
 
-from .rope import _pair_views, _rotate_into
+from .rope import _full_tables, _pair_views, _rotate_full_into
 
 _HUGE_PAGE = 1 << 21
 # glibc's largest mmap threshold: bigger buffers are always fresh mappings; smaller ones are recycled
@@ -75,18 +77,20 @@ class _SmallWindowAttention(torch.autograd.Function):
         out = empty_tokens((tokens, heads, dim), compute, q.device)
         # one softmax tensor per chunk: chunk-sized blocks are recycled by the allocator, while one T-sized
         # block would be fresh (page-faulting) memory on every call
-        probs = []
+        probs, heads_kept = [], []
         for rows in _chunks(tokens, chunk_rows):
             n = (rows.stop - rows.start) // length
             qh, kh = _rotated_heads(
                 q, k, cos, sin, rows, has_rope, interleaved, n, length, compute
             )  # [n, H, L, D]
-            vh = _heads(v[rows], n, length).to(compute)  # [n, H, L, D]
+            # contiguous once here, instead of a hidden copy in each of the two matmuls that read it
+            vh = _heads(v[rows], n, length).to(compute).contiguous()  # [n, H, L, D]
             p = torch.matmul(qh, kh.transpose(-1, -2)).mul_(scale).softmax(-1)  # [n, H, L, L]
             probs.append(p)
+            heads_kept.append((qh, kh, vh))
             _heads(out[rows], n, length).copy_(torch.matmul(p, vh))  # [n, H, L, D]
         ctx.save_for_backward(q, k, v, cos, sin)
-        ctx.probs = probs
+        ctx.probs, ctx.heads_kept = probs, heads_kept
         ctx.options = (has_rope, interleaved, length, scale, chunk_rows)
         return out.to(q.dtype)
 
@@ -99,12 +103,9 @@ class _SmallWindowAttention(torch.autograd.Function):
         dq, dk, dv = (empty_tokens(q.shape, compute, q.device) for _ in range(3))
         dcos = empty_tokens(cos.shape, cos.dtype, cos.device) if want_tables else None
         dsin = empty_tokens(sin.shape, sin.dtype, sin.device) if want_tables else None
-        for rows, p in zip(_chunks(q.shape[0], chunk_rows), ctx.probs):  # p: [n, H, L, L]
+        # p: [n, H, L, L]; qh, kh (rotated), vh: [n, H, L, D] from forward
+        for rows, p, (qh, kh, vh) in zip(_chunks(q.shape[0], chunk_rows), ctx.probs, ctx.heads_kept):
             n = (rows.stop - rows.start) // length
-            qh, kh = _rotated_heads(
-                q, k, cos, sin, rows, has_rope, interleaved, n, length, compute
-            )  # [n, H, L, D]
-            vh = _heads(v[rows], n, length).to(compute)  # [n, H, L, D]
             gh = _heads(grad[rows], n, length).to(compute).contiguous()  # [n, H, L, D]
             _heads(dv[rows], n, length).copy_(torch.matmul(p.transpose(-1, -2), gh))
             dp = torch.matmul(gh, vh.transpose(-1, -2))  # [n, H, L, L]
@@ -118,8 +119,9 @@ class _SmallWindowAttention(torch.autograd.Function):
                 dk_rows.copy_(dk_rot)
                 continue
             c, s = _by_token(cos[rows], n, length), _by_token(sin[rows], n, length)  # [n, L, H|1, P]
-            _rotate_into(dq_rot, c, s, interleaved, -1.0, out=dq_rows)
-            _rotate_into(dk_rot, c, s, interleaved, -1.0, out=dk_rows)
+            c_full, s_full = _full_tables(c, s, interleaved)  # [n, L, H|1, D]
+            _rotate_full_into(dq_rot, c_full, s_full, interleaved, -1.0, out=dq_rows)
+            _rotate_full_into(dk_rot, c_full, s_full, interleaved, -1.0, out=dk_rows)
             if want_tables:
                 g_cos, g_sin = _table_grads(dq_rot, _by_token(q[rows], n, length), interleaved, compute)
                 k_cos, k_sin = _table_grads(dk_rot, _by_token(k[rows], n, length), interleaved, compute)
@@ -147,11 +149,12 @@ def _rotated_heads(q, k, cos, sin, rows, has_rope, interleaved, n, length, compu
     if not has_rope:
         return _heads(q[rows], n, length).to(compute), _heads(k[rows], n, length).to(compute)
     c, s = _by_token(cos[rows], n, length), _by_token(sin[rows], n, length)  # [n, L, H|1, P]
+    c_full, s_full = _full_tables(c.to(compute), s.to(compute), interleaved)  # [n, L, H|1, D]
     heads, dim = q.shape[1:]
     qh = torch.empty(n, heads, length, dim, dtype=compute, device=q.device)
     kh = torch.empty_like(qh)
-    _rotate_into(_by_token(q[rows], n, length), c, s, interleaved, 1.0, out=qh.transpose(1, 2))
-    _rotate_into(_by_token(k[rows], n, length), c, s, interleaved, 1.0, out=kh.transpose(1, 2))
+    _rotate_full_into(_by_token(q[rows], n, length), c_full, s_full, interleaved, 1.0, out=qh.transpose(1, 2))
+    _rotate_full_into(_by_token(k[rows], n, length), c_full, s_full, interleaved, 1.0, out=kh.transpose(1, 2))
     return qh, kh
 
 
