@@ -4,6 +4,7 @@ pinned on hand-computed tensors."""
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -108,10 +109,15 @@ CASES = [
 @pytest.mark.parametrize("shape", [(7, 13), (3, 5, 11), (1,), (257,)])
 @pytest.mark.parametrize(("method", "opts"), CASES)
 def test_matches_float64_reference(shape, method, opts):
-    gen = torch.Generator().manual_seed(hash((shape, method)) % 1000)
+    gen = torch.Generator().manual_seed(
+        zlib.crc32(repr((shape, method, opts)).encode())
+    )  # the same every run
     base = _grid(shape, gen)
     fts = {m: base + _grid(shape, gen, spread=0.5) for m in ("en", "ko", "zh")}
-    w = {"en": 0.6, "ko": 0.4, "zh": 0.25}
+    # Weights with exact binary fractions: the weighted votes of these grid values are then exact in float32
+    # and float64 alike, so an exactly tied vote is 0 in both and elects +1 in both. With 0.6/0.4 a tie
+    # (0.6·0.53125 = 0.4·0.796875) lands on ±1 ulp by rounding, differently at each precision.
+    w = {"en": 0.625, "ko": 0.375, "zh": 0.25}
     kwargs = {k: v for k, v in opts.items() if k != "p"}
     p = opts.get("p", 0.9)
     compat = opts.get("compat", "paper")
