@@ -34,14 +34,14 @@ if TYPE_CHECKING:
 
     from tbi_merging.lora import LoraAdapter
 
+    Source = Checkpoint | LoraAdapter  # a model to merge: a full checkpoint or a LoRA adapter
+
 # Adapters, vocabulary alignment and the linear method need torch; merging full checkpoints does not, so
 # their modules are imported where they are used and `python -m tbi_merging` starts without torch.
 
 log = logging.getLogger(__name__)
 
 _SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5")
-
-Source = "Checkpoint | LoraAdapter"
 
 
 @dataclass(frozen=True)
