@@ -536,20 +536,28 @@ class _Engine:
             return np.zeros(m, dtype=np.uint32), np.full(m, 0xFFFFFFFF, dtype=np.uint32), n
         starts = np.linspace(0, n - _SAMPLE_LEN, _SAMPLE_BLOCKS).astype(np.int64)
         sample = np.empty((m, size), dtype=np.uint32)
-        if all(w is not None for w in self.whole):  # in memory: one call reads every block
+        if all(w is not None for w in self.whole):  # in memory: the blocks are read in place
             _kernels.sample_bits(
-                self.whole[0], tuple(self.whole[1:]), 0, starts, _SAMPLE_LEN, keys, keep_thr, dare, sample, 0
+                self.whole[0],
+                tuple(self.whole[1:]),
+                starts,
+                starts,
+                _SAMPLE_LEN,
+                keys,
+                keep_thr,
+                dare,
+                sample,
             )
         else:  # a few small reads: touching a memory map here would map a large folio (~1 MB) per block
-            small = np.empty((1 + m, _SAMPLE_LEN), dtype=_KINDS[self.kind])
-            rows = [_readonly(row) for row in small]  # views: _fill writes through
-            one = np.zeros(1, dtype=np.int64)
+            gathered = np.empty((1 + m, size), dtype=_KINDS[self.kind])
             for r, start in enumerate(starts.tolist()):
-                for row, src in zip(small, self.sources):
-                    _fill(src, start, row, self.kind)
-                _kernels.sample_bits(
-                    rows[0], tuple(rows[1:]), start, one, _SAMPLE_LEN, keys, keep_thr, dare, sample, r
-                )
+                for row, src in zip(gathered, self.sources):
+                    _fill(src, start, row[r * _SAMPLE_LEN : (r + 1) * _SAMPLE_LEN], self.kind)
+            rows = [_readonly(row) for row in gathered]
+            at = np.arange(0, size, _SAMPLE_LEN, dtype=np.int64)
+            _kernels.sample_bits(
+                rows[0], tuple(rows[1:]), at, starts, _SAMPLE_LEN, keys, keep_thr, dare, sample
+            )
         q = k / n
         # 6 binomial standard deviations of the sample rank, plus slack for blocks not being independent
         margin = 6.0 * (size * q * (1.0 - q)) ** 0.5 + size / 1024
