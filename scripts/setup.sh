@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 venv=.venv
 stamp="$venv/.tbi-setup"
-want=$(cat scripts/setup.sh pyproject.toml packages/*/pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat scripts/setup.sh pyproject.toml packages/*/pyproject.toml packages/merging/setup.py packages/merging/src/tbi_merging/*.c | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi

@@ -110,7 +110,8 @@ for shard in sorted(base.glob("*.safetensors")):
     for d in (base, en, ko):
         with safe_open(str(d / shard.name), framework="pt") as f:
             for k in f.keys():
-                tensors[k] = f.get_tensor(k)
+                # get_tensor maps the file lazily; clone() reads the bytes, as a merge must
+                tensors[k] = f.get_tensor(k).clone()
     save_file(tensors, str(out / shard.name))
     del tensors
 print(json.dumps({"work_seconds": time.perf_counter() - t1}))
