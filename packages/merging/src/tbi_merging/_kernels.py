@@ -85,14 +85,16 @@ _SIGNATURES = {  # name: (result, arguments), as declared in _ckernels.c
 }
 
 
-def _load_library() -> ctypes.CDLL:
-    spec = find_spec("tbi_merging._ckernels")
+def _load_library(module: str = "tbi_merging._ckernels", source: Path | None = None) -> ctypes.CDLL:
+    """The built kernels, refusing a missing build and a build older than its C source (an editable
+    install does not rebuild by itself)."""
+    spec = find_spec(module)
     if spec is None or spec.origin is None:
         raise ImportError(
-            "tbi_merging's C kernels are not built: install the package with pip (a C compiler is needed to "
-            "build it from source), e.g. `pip install -e packages/merging`"
+            f"tbi_merging's C kernels ({module}) are not built: install the package with pip (a C compiler "
+            "is needed to build it from source), e.g. `pip install -e packages/merging`"
         )
-    source = Path(__file__).with_name("_ckernels.c")
+    source = source or Path(__file__).with_name("_ckernels.c")
     if source.is_file() and source.stat().st_mtime > Path(spec.origin).stat().st_mtime:
         raise ImportError(
             f"{spec.origin} is older than {source.name}: rebuild the kernels with "

@@ -24,6 +24,7 @@ merge is reproducible whatever the order, chunking or thread count.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -497,6 +498,8 @@ class _Engine:
         found. If the bracket missed (or held too many entries), :meth:`radix_thresholds` does it exactly.
         """
         m = len(self.names)
+        chunks = self.chunks()
+        first = next(chunks)  # open before the bracket: a tensor of one chunk gives the sample in place
         lo_bits, hi_bits, cap = self._bracket(k, keys, keep_thr, dare)
         ranges = self.ranges(min(self.n, CHUNK))
         per = cap if len(ranges) == 1 else cap // len(ranges) + cap // 4 + 4096
@@ -511,7 +514,7 @@ class _Engine:
                 cand_bits[r], cand_pos[r], n_cand[r], check,
             )  # fmt: skip
 
-        for start, c in self.chunks():
+        for start, c in itertools.chain([first], chunks):
             self.raise_bad(self.run(collect, start, c), start, where)
         thr = np.zeros(m, dtype=np.uint32)
         cut = np.full(m, self.n, dtype=np.int64)
@@ -529,35 +532,26 @@ class _Engine:
 
     def _bracket(self, k: int, keys, keep_thr, dare: bool):
         """Bit-pattern bounds per model that hold the k-th largest masked |δ_i| with near certainty, from
-        _SAMPLE_BLOCKS evenly spaced blocks (everything for small tensors), and a candidate capacity."""
+        _SAMPLE_BLOCKS evenly spaced blocks (everything for small tensors), and a candidate capacity.
+        Runs with the first chunk open (self.b, self.t)."""
         m, n = len(self.names), self.n
         size = _SAMPLE_BLOCKS * _SAMPLE_LEN
         if n <= size:
             return np.zeros(m, dtype=np.uint32), np.full(m, 0xFFFFFFFF, dtype=np.uint32), n
         starts = np.linspace(0, n - _SAMPLE_LEN, _SAMPLE_BLOCKS).astype(np.int64)
         sample = np.empty((m, size), dtype=np.uint32)
-        if all(w is not None for w in self.whole):  # in memory: the blocks are read in place
-            _kernels.sample_bits(
-                self.whole[0],
-                tuple(self.whole[1:]),
-                starts,
-                starts,
-                _SAMPLE_LEN,
-                keys,
-                keep_thr,
-                dare,
-                sample,
-            )
+        if n <= CHUNK:  # the open chunk is the whole tensor, about to be read anyway: its blocks in place
+            b, t, at = self.b, self.t, starts
+        elif all(w is not None for w in self.whole):  # in memory: the blocks in place
+            b, t, at = self.whole[0], tuple(self.whole[1:]), starts
         else:  # a few small reads: touching a memory map here would map a large folio (~1 MB) per block
             gathered = np.empty((1 + m, size), dtype=_KINDS[self.kind])
             for r, start in enumerate(starts.tolist()):
                 for row, src in zip(gathered, self.sources):
                     _fill(src, start, row[r * _SAMPLE_LEN : (r + 1) * _SAMPLE_LEN], self.kind)
             rows = [_readonly(row) for row in gathered]
-            at = np.arange(0, size, _SAMPLE_LEN, dtype=np.int64)
-            _kernels.sample_bits(
-                rows[0], tuple(rows[1:]), at, starts, _SAMPLE_LEN, keys, keep_thr, dare, sample
-            )
+            b, t, at = rows[0], tuple(rows[1:]), np.arange(0, size, _SAMPLE_LEN, dtype=np.int64)
+        _kernels.sample_bits(b, t, at, starts, _SAMPLE_LEN, keys, keep_thr, dare, sample)
         q = k / n
         # 6 binomial standard deviations of the sample rank, plus slack for blocks not being independent
         margin = 6.0 * (size * q * (1.0 - q)) ** 0.5 + size / 1024
