@@ -480,6 +480,14 @@ class _Engine:
         first = fn(0, *ranges[0], start)  # this thread takes the first range
         return [first] + [f.result() for f in others]
 
+    def each(self, fn, items) -> list:
+        """[fn(x) for x in items], on the pool (this thread takes the first item)."""
+        items = list(items)
+        if self.pool is None or len(items) < 2:
+            return [fn(x) for x in items]
+        others = [self.pool.submit(fn, x) for x in items[1:]]
+        return [fn(items[0])] + [f.result() for f in others]
+
     def raise_bad(self, results, start: int, where: str) -> None:
         for who, j in results:
             if who != _kernels.OK:
@@ -516,18 +524,18 @@ class _Engine:
 
         for start, c in itertools.chain([first], chunks):
             self.raise_bad(self.run(collect, start, c), start, where)
-        thr = np.zeros(m, dtype=np.uint32)
-        cut = np.full(m, self.n, dtype=np.int64)
-        for i in range(m):
-            counts = np.array([nc[i] for nc in n_cand], dtype=np.int64)
-            rank = k - sum(int(a[i]) for a in above)  # rank of the k-th largest among the candidates
-            if (counts > per).any() or not 1 <= rank <= counts.sum():
-                return self.radix_thresholds(k, keys, keep_thr, dare)
-            thr[i], c = _kernels.select_candidates(
-                tuple(cb[i] for cb in cand_bits), tuple(cp[i] for cp in cand_pos), counts, rank, True
-            )
-            if c >= 0:
-                cut[i] = c
+        counts = [np.array([nc[i] for nc in n_cand], dtype=np.int64) for i in range(m)]
+        ranks = [k - sum(int(a[i]) for a in above) for i in range(m)]  # the k-th largest among the candidates
+        if any((c > per).any() or not 1 <= r <= c.sum() for c, r in zip(counts, ranks)):
+            return self.radix_thresholds(k, keys, keep_thr, dare)
+        found = self.each(
+            lambda i: _kernels.select_candidates(
+                tuple(cb[i] for cb in cand_bits), tuple(cp[i] for cp in cand_pos), counts[i], ranks[i], True
+            ),
+            range(m),
+        )
+        thr = np.array([t for t, _ in found], dtype=np.uint32)
+        cut = np.array([self.n if c < 0 else c for _, c in found], dtype=np.int64)
         return thr, cut
 
     def _bracket(self, k: int, keys, keep_thr, dare: bool):
@@ -559,11 +567,12 @@ class _Engine:
         bottom = int(q * size + margin) + 1
         hi_bits = np.full(m, 0xFFFFFFFF, dtype=np.uint32)
         lo_bits = np.zeros(m, dtype=np.uint32)
-        for i in range(m):
-            if top >= 0:
-                hi_bits[i] = _kernels.kth_largest(sample[i], top + 1)
-            if bottom < size:
-                lo_bits[i] = _kernels.kth_largest(sample[i], bottom + 1)
+        # (bound, model, sample rank) of each bound that exists; the selections run on the pool
+        wanted = [(hi_bits, i, top + 1) for i in range(m) if top >= 0]
+        wanted += [(lo_bits, i, bottom + 1) for i in range(m) if bottom < size]
+        values = self.each(lambda w: _kernels.kth_largest(sample[w[1]], w[2]), wanted)
+        for (bound, i, _), value in zip(wanted, values):
+            bound[i] = value
         inside = ((sample >= lo_bits[:, None]) & (sample <= hi_bits[:, None])).sum(1).max()  # ties included
         cap = int(1.5 * n * inside / size) + 4096
         return lo_bits.astype(np.uint32), hi_bits.astype(np.uint32), cap
