@@ -16,6 +16,7 @@ fi
 debs=()
 [ -f /usr/share/fonts/truetype/nanum/NanumGothic.ttf ] || debs+=(fonts-nanum)
 command -v java >/dev/null 2>&1 || debs+=(default-jre-headless)
+command -v cc >/dev/null 2>&1 || debs+=(gcc)  # tbi-merging's C kernels are built at install
 if [ ${#debs[@]} -gt 0 ]; then
     echo "setup: installing Debian packages ${debs[*]}"
     sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
