@@ -13,6 +13,8 @@ TBI_VISION_ROPE_BENCH_BACKEND=triton or flash on a GPU).
 """
 
 import os
+import statistics
+import time
 
 import pytest
 import torch
@@ -27,6 +29,7 @@ BACKEND = os.environ.get("TBI_VISION_ROPE_BENCH_BACKEND", "sdpa")
 DEVICE = os.environ.get("TBI_VISION_ROPE_BENCH_DEVICE", "cpu")
 # Dense global attention is quadratic: at 128x128 one CPU fwd+bwd takes minutes, so it is skipped above this.
 DENSE_MAX_GRID = int(os.environ.get("TBI_VISION_ROPE_BENCH_DENSE_MAX", "64"))
+GROWTH_ROUNDS = int(os.environ.get("TBI_VISION_ROPE_BENCH_GROWTH_ROUNDS", "15"))
 
 
 def _inputs(grid):
@@ -102,3 +105,53 @@ def test_attention_fwd_bwd(benchmark, impl, grid):
     if impl == "qwen":
         torch.testing.assert_close(fn(layout, rope, q, k, v), reference, rtol=1e-4, atol=1e-4)
     assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.skipif(len(GRIDS) < 2, reason="growth needs two grids in TBI_VISION_ROPE_BENCH_GRIDS")
+def test_windowed_growth_interleaved(benchmark):
+    """Growth of the windowed fwd+bwd from the smallest to the largest grid, the two steps timed alternately
+    in one process so that the machine's drift hits both alike (separately measured minima scatter ±20%
+    on a shared CPU). Prints and records (extra_info) the ratio of the medians and of the minima."""
+    small, large = min(GRIDS), max(GRIDS)
+    steps, grads = {}, {}
+    for grid in (small, large):
+        layout, rope, q, k, v = _inputs(grid)
+        grad = torch.randn_like(q)
+
+        def step(layout=layout, rope=rope, q=q, k=k, v=v, grad=grad):
+            q.grad = k.grad = v.grad = None
+            _windowed(layout, rope, q, k, v).backward(grad)
+            return q
+
+        steps[grid] = step
+    rounds = 3 if benchmark.disabled else GROWTH_ROUNDS
+
+    def measure():
+        times = {grid: [] for grid in steps}
+        for step in steps.values():  # warm-up: the allocator's and the caches' first-call costs
+            step()
+            step()
+        for _ in range(rounds):
+            for grid, step in steps.items():
+                start = time.perf_counter()
+                grads[grid] = step().grad
+                times[grid].append(time.perf_counter() - start)
+        return times
+
+    times = benchmark.pedantic(measure, rounds=1, iterations=1)
+    growth = {
+        "growth_median": statistics.median(times[large]) / statistics.median(times[small]),
+        "growth_min": min(times[large]) / min(times[small]),
+    }
+    benchmark.group = "growth"
+    benchmark.extra_info.update(
+        grids=[small, large], tokens_ratio=(large / small) ** 2, rounds=rounds, **growth
+    )
+    print(
+        f"\nwindowed fwd+bwd {small}x{small} -> {large}x{large} ({(large / small) ** 2:.0f}x tokens), {rounds} "
+        f"interleaved rounds: median {1e3 * statistics.median(times[small]):.0f} -> "
+        f"{1e3 * statistics.median(times[large]):.0f} ms, growth {growth['growth_median']:.2f}x by the medians, "
+        f"{growth['growth_min']:.2f}x by the minima"
+    )
+    assert all(len(t) == rounds for t in times.values())
+    assert all(torch.isfinite(g).all() for g in grads.values())
