@@ -473,12 +473,7 @@ class _Engine:
 
     def run(self, fn, start: int, c: int) -> list:
         """fn(r, lo, hi, start) over the ranges of the chunk at ``start`` (r = range number), on the pool."""
-        ranges = self.ranges(c)
-        if len(ranges) == 1:
-            return [fn(0, 0, c, start)]
-        others = [self.pool.submit(fn, r, lo, hi, start) for r, (lo, hi) in enumerate(ranges) if r]
-        first = fn(0, *ranges[0], start)  # this thread takes the first range
-        return [first] + [f.result() for f in others]
+        return self.each(lambda job: fn(job[0], *job[1], start), enumerate(self.ranges(c)))
 
     def each(self, fn, items) -> list:
         """[fn(x) for x in items], on the pool (this thread takes the first item)."""
